@@ -1,0 +1,89 @@
+"""DiReFT: Φ(h) = h + W2ᵀ(W1 h + b), the paper's cheaper variant without orthogonality.
+
+W1, W2 (r, d), b (r,). In row form, for a batch of hidden states H (N, d):
+
+    Z   = H W1ᵀ + b      (N, r)
+    Out = H + Z W2       (N, d)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minireft import _check
+from minireft.stiefel import random_stiefel
+
+PARAMS = ("W1", "W2", "b")
+
+
+def _validate(h, W1, W2, b) -> tuple[int, int]:
+    h = _check.array("h", h, min_ndim=1)
+    W1 = _check.array("W1", W1, ndim=2)
+    W2 = _check.array("W2", W2, ndim=2)
+    b = _check.array("b", b, ndim=1)
+    _check.same_dtype(h=h, W1=W1, W2=W2, b=b)
+    r, d = _check.low_rank("W1", W1)
+    _check.shape("W2", W2, (r, d))
+    _check.shape("b", b, (r,))
+    _check.hidden("h", h, d)
+    for name, p in (("W1", W1), ("W2", W2), ("b", b)):
+        _check.finite(name, p)
+    return r, d
+
+
+def forward(h: np.ndarray, W1: np.ndarray, W2: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Φ(h) = h + W2ᵀ(W1 h + b).
+
+    h: (..., d); W1, W2: (r, d); b: (r,). Returns (..., d), same dtype as h.
+    """
+    _, d = _validate(h, W1, W2, b)
+    H = h.reshape(-1, d)  # (N, d)
+    return (H + (H @ W1.T + b) @ W2).reshape(h.shape)
+
+
+def vjp(h, W1, W2, b, dout):
+    """Vector-Jacobian products of Φ at (h, W1, W2, b) against the cotangent dout.
+
+    h, dout: (..., d); W1, W2: (r, d); b: (r,). Returns (dh, dW1, dW2, db) with
+    the shapes of (h, W1, W2, b). With G = dout (N, d), Z = H W1ᵀ + b, A = G W2ᵀ:
+
+        dh = G + A W1     dW1 = Aᵀ H     dW2 = Zᵀ G     db = Σ_rows A
+    """
+    _, d = _validate(h, W1, W2, b)
+    dout = _check.array("dout", dout)
+    _check.same_dtype(h=h, dout=dout)
+    _check.shape("dout", dout, h.shape)
+    H = h.reshape(-1, d)  # (N, d)
+    G = dout.reshape(-1, d)  # (N, d)
+    Z = H @ W1.T + b  # (N, r)
+    A = G @ W2.T  # (N, r): cotangent of Z, since Out = H + Z W2
+    dh = G + A @ W1  # skip connection plus the pullback of H W1ᵀ
+    dW1 = A.T @ H  # ⟨A, H dW1ᵀ⟩ = ⟨Aᵀ H, dW1⟩
+    dW2 = Z.T @ G  # ⟨G, Z dW2⟩ = ⟨Zᵀ G, dW2⟩
+    db = A.sum(axis=0)  # b is broadcast over rows
+    return dh.reshape(h.shape), dW1, dW2, db
+
+
+def init(d: int, r: int, rng: np.random.Generator, kind: str = "paper", dtype=np.float32) -> dict:
+    """Initial parameters {W1, W2, b} for hidden size d and rank r.
+
+    "paper":    W1, b ~ U(−1/√d, 1/√d), as torch.nn.Linear(d, r); W2 random orthonormal
+                rows (pyreft initialises its projection so, without keeping it so).
+    "identity": W1 = 0, b = 0, W2 random orthonormal, so Φ(h) = h exactly while
+                dW1 = Aᵀ H stays nonzero and training can leave the start.
+    """
+    d = _check.positive_int("d", d)
+    r = _check.positive_int("r", r)
+    if r > d:
+        raise ValueError(f"rank r={r} is greater than hidden size d={d}; need 1 <= r <= d")
+    W2 = random_stiefel(r, d, rng)  # (r, d)
+    if kind == "paper":
+        bound = 1.0 / np.sqrt(d)
+        W1 = rng.uniform(-bound, bound, size=(r, d))
+        b = rng.uniform(-bound, bound, size=(r,))
+    elif kind == "identity":
+        W1 = np.zeros((r, d))
+        b = np.zeros(r)
+    else:
+        raise ValueError(f"kind must be 'paper' or 'identity', got {kind!r}")
+    return {"W1": W1.astype(dtype), "W2": W2.astype(dtype), "b": b.astype(dtype)}

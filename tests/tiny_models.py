@@ -52,9 +52,12 @@ ENCODERS = ("bert", "roberta")
 ALL = DECODERS + ENCODERS
 
 
-def build(name: str, *, seed: int = 0, dtype: torch.dtype = torch.float32):
-    """(model, info): a tiny random `name` model (one of ALL) in eval mode."""
+def build(name: str, *, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
+    """(model, info): a tiny random `name` model (one of ALL) in eval mode; `overrides` set
+    config fields (e.g. hidden_size=48, num_hidden_layers=2)."""
     model_cls, config = _configs()[name]
+    for key, value in overrides.items():
+        setattr(config, key, value)
     config._name_or_path = f"tiny-random-{name}"
     torch.manual_seed(seed)
     model = model_cls(config).to(dtype).eval()
@@ -98,3 +101,20 @@ def model_inputs(info, ids, mask):
     if info["decoder"]:
         kwargs["position_ids"] = position_ids(mask)
     return kwargs
+
+
+def train_steps(reft, ids, mask, steps: int = 3, lr: float = 1e-2) -> list[float]:
+    """A few ReftOptimizer steps on a random-label cross-entropy; returns the losses."""
+    from minireft.torch import ReftOptimizer
+
+    opt = ReftOptimizer.for_named_parameters(reft.named_trainable_parameters(), lr=lr)
+    labels = torch.randint(0, VOCAB, ids.shape, generator=torch.Generator().manual_seed(5)).to(ids.device)
+    losses = []
+    for _ in range(steps):
+        logits = reft(input_ids=ids, attention_mask=mask).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

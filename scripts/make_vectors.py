@@ -1,0 +1,405 @@
+"""Generate the conformance corpus, reference/cases/, from the NumPy spec in float64.
+
+    python scripts/make_vectors.py [--out reference/cases]
+
+Each case is a folder <name>/ holding meta.json (the operation, its named arguments,
+the tolerances and the reason for any override, the spec version) and one .npy per
+input and output. Inputs come from a NumPy Generator seeded by the CRC-32 of the
+case's name; outputs are the spec's, computed by the very runner the checker uses
+(minireft.conformance.run_operation). Rerunning the script rewrites byte-identical
+files: JSON with sorted keys, C-ordered float64 arrays, nothing time-dependent.
+
+A case is written once, as a call of `case(...)` in one of the families below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+import minireft
+from minireft import conformance, stiefel
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "reference" / "cases"
+NUMPY = conformance.Adapter("numpy", lambda a: a, conformance.generic_to_numpy)
+
+# Hidden sizes and ranks of the grid (r <= d), and the input shapes by name.
+DS = (1, 2, 7, 64, 576)
+RS = (1, 2, 4, 8)
+
+
+def shape_of(kind: str, d: int) -> tuple[int, ...]:
+    small = d < 576  # keep the d = 576 cases small: the corpus stays under 5 MB
+    return {"vec": (d,), "nd": ((5 if small else 3), d), "bnd": ((2, 3, d) if small else (2, 2, d))}[kind]
+
+
+def seed_of(name: str) -> int:
+    return zlib.crc32(name.encode("utf-8"))
+
+
+CASES: list[dict] = []
+
+
+def case(name, operation, inputs, *, description, kwargs=None, dtypes=conformance.DTYPES,
+         tolerance=None, seed=None):
+    """Register a case. tolerance: {dtype: (rtol, atol, reason)} overriding the default."""
+    kind = conformance.OPERATIONS[operation][1]
+    tol, reasons = {}, {}
+    for dtype in dtypes:
+        rtol, atol = conformance.TOLERANCES[kind][dtype]
+        reason = conformance.TOLERANCE_REASONS.get(kind, {}).get(dtype)
+        if tolerance and dtype in tolerance:
+            rtol, atol, reason = tolerance[dtype]
+        tol[dtype] = {"atol": float(atol), "rtol": float(rtol)}
+        if reason:
+            reasons[dtype] = reason
+    kwargs = dict(kwargs or {})
+    arrays = {k: np.array(v, order="C") for k, v in inputs.items()}  # C order, ndim kept
+    outputs = conformance.run_operation(minireft, operation, arrays, kwargs, NUMPY)
+    outputs = {k: np.array(v, order="C") for k, v in outputs.items()}
+    meta = {
+        "name": name,
+        "operation": operation,
+        "description": description,
+        "args": list(arrays),
+        "kwargs": kwargs,
+        "outputs": list(outputs),
+        "shapes": {k: list(v.shape) for k, v in {**arrays, **outputs}.items()},
+        "dtype": "int64" if all(v.dtype.kind == "i" for v in arrays.values()) else "float64",
+        "dtypes": list(dtypes),
+        "tolerance": tol,
+        "spec_version": minireft.SPEC_VERSION,
+        "generator": "scripts/make_vectors.py",
+    }
+    if seed is not None:
+        meta["seed"] = seed
+    if reasons:
+        meta["tolerance_reason"] = reasons
+    assert name not in {c["meta"]["name"] for c in CASES}, f"duplicate case {name}"
+    CASES.append({"meta": meta, "arrays": {**arrays, **outputs}})
+    return outputs
+
+
+# --------------------------------------------------------------------------- LoReFT, DiReFT
+
+
+def loreft_params(rng, d, r):
+    R = stiefel.random_stiefel(r, d, rng)  # (r, d), orthonormal rows
+    while 1 < r == d and np.allclose(R, R.T):  # a symmetric R (a 2×2 reflection) would hide
+        R = stiefel.random_stiefel(r, d, rng)  # a backend that transposes R; draw again
+    W = rng.standard_normal((r, d)) / np.sqrt(d)  # (r, d)
+    b = rng.standard_normal(r) / np.sqrt(d)  # (r,)
+    return {"R": R, "W": W, "b": b}
+
+
+def direft_params(rng, d, r):
+    W1 = rng.standard_normal((r, d)) / np.sqrt(d)  # (r, d)
+    W2 = rng.standard_normal((r, d)) / np.sqrt(d)  # (r, d), no orthogonality
+    b = rng.standard_normal(r) / np.sqrt(d)  # (r,)
+    return {"W1": W1, "W2": W2, "b": b}
+
+
+PARAMS = {"loreft": loreft_params, "direft": direft_params}
+FORMULA = {"loreft": "Φ(h) = h + Rᵀ(W h + b − R h)", "direft": "Φ(h) = h + W2ᵀ(W1 h + b)"}
+
+
+def intervention_case(method, op, d, r, shape, *, scale=1.0, tag="", dtypes=conformance.DTYPES,
+                      tolerance=None, note=""):
+    """h ~ N(0, 1)·scale and b·scale (Φ is then homogeneous: Φ scales by `scale`); dout ~ N(0, 1)."""
+    name = f"{method}_{op}_d{d}_r{r}_{shape}{'_' + tag if tag else ''}"
+    seed = seed_of(name)
+    rng = np.random.default_rng(seed)
+    params = PARAMS[method](rng, d, r)
+    h = rng.standard_normal(shape_of(shape, d)) * scale
+    params["b"] = params["b"] * scale
+    inputs = {"h": h, **params}
+    what = "Φ(h)" if op == "forward" else "the VJP (dh, d-params) against dout"
+    if op == "vjp":
+        inputs["dout"] = rng.standard_normal(h.shape)
+    description = f"{method} {op}: {what}, {FORMULA[method]}; d={d}, r={r}, h shape {list(h.shape)}"
+    if scale != 1.0:
+        description += f"; h and b scaled by {scale:g}, dout unscaled"
+    if note:
+        description += f"; {note}"
+    case(name, f"{method}.{op}", inputs, description=description, seed=seed,
+         dtypes=dtypes, tolerance=tolerance)
+
+
+def intervention_grid():
+    for method in ("loreft", "direft"):
+        for d in DS:
+            ranks = [r for r in RS if r <= d]
+            for i, r in enumerate(ranks):
+                if d <= 7:  # every shape for the small sizes
+                    for op in ("forward", "vjp"):
+                        for shape in ("vec", "nd", "bnd"):
+                            intervention_case(method, op, d, r, shape)
+                else:  # one shape per rank, rotated between forward and vjp
+                    intervention_case(method, "forward", d, r, ("vec", "nd", "bnd", "bnd")[i])
+                    intervention_case(method, "vjp", d, r, ("nd", "bnd", "vec", "bnd")[i])
+        for d in (4, 8):  # r = d (with r = d = 1, 2 above): LoReFT is then Φ(h) = Rᵀ(W h + b)
+            for op in ("forward", "vjp"):
+                intervention_case(method, op, d, d, "nd", note="r = d")
+
+
+def magnitudes():
+    """Tiny and huge hidden states; in float64 only, magnitudes float32 cannot hold."""
+    for method in ("loreft", "direft"):
+        for op in ("forward", "vjp"):
+            intervention_case(method, op, 64, 4, "nd", scale=1e-30, tag="tiny")
+            intervention_case(method, op, 64, 4, "nd", scale=1e30, tag="huge")
+    for op in ("forward", "vjp"):
+        intervention_case("loreft", op, 64, 4, "nd", scale=1e-150, tag="tiny_f64",
+                          dtypes=("float64",), note="float64 only (1e-150 underflows float32)")
+        intervention_case("loreft", op, 64, 4, "nd", scale=1e150, tag="huge_f64",
+                          dtypes=("float64",), note="float64 only (1e150 overflows float32)")
+
+
+def identity_init():
+    """LoReFT with W = R, b = 0 is the identity: Φ(h) = h, exactly; DiReFT with W1 = 0, b = 0 too."""
+    for d, r, shape in ((64, 8, "bnd"), (576, 4, "nd")):
+        name = f"loreft_forward_identity_d{d}_r{r}_{shape}"
+        rng = np.random.default_rng(seed_of(name))
+        R = stiefel.random_stiefel(r, d, rng)  # (r, d)
+        h = rng.standard_normal(shape_of(shape, d))
+        out = case(name, "loreft.forward", {"h": h, "R": R, "W": R.copy(), "b": np.zeros(r)},
+                   seed=seed_of(name),
+                   description=f"identity init: W = R, b = 0 gives Φ(h) = h exactly; d={d}, r={r}")
+        assert np.array_equal(out["out"], h), name
+    name = "loreft_vjp_identity_d64_r4_nd"
+    rng = np.random.default_rng(seed_of(name))
+    R = stiefel.random_stiefel(4, 64, rng)  # (4, 64)
+    h = rng.standard_normal((5, 64))
+    dout = rng.standard_normal(h.shape)
+    out = case(name, "loreft.vjp", {"h": h, "R": R, "W": R.copy(), "b": np.zeros(4), "dout": dout},
+               seed=seed_of(name),
+               description="VJP at the identity init W = R, b = 0: Δ = 0, so dR = −dW and dh = dout")
+    assert np.array_equal(out["dR"], -out["dW"]) and np.array_equal(out["dh"], dout), name
+    name = "direft_forward_identity_d64_r8_bnd"
+    rng = np.random.default_rng(seed_of(name))
+    h = rng.standard_normal((2, 3, 64))
+    W2 = stiefel.random_stiefel(8, 64, rng)  # (8, 64)
+    out = case(name, "direft.forward", {"h": h, "W1": np.zeros((8, 64)), "W2": W2, "b": np.zeros(8)},
+               seed=seed_of(name), description="DiReFT identity init: W1 = 0, b = 0 gives Φ(h) = h exactly")
+    assert np.array_equal(out["out"], h), name
+
+
+# --------------------------------------------------------------------------- Stiefel
+
+
+def sign_fix_matters(R, xi) -> bool:
+    """True when NumPy's QR of (R + ξ)ᵀ has a negative diagonal entry in T, so a QR
+    retraction without the sign fix would return a different matrix."""
+    return bool(np.any(np.diag(np.linalg.qr((R + xi).T)[1]) < 0))
+
+
+STIEFEL_PAIRS = ((1, 1), (2, 2), (7, 2), (8, 8), (64, 4), (576, 8))
+STEPS = {
+    "zero": "ξ = 0: the retraction must return R itself",
+    "small": "ξ = 1e-3 · P_R(G), a small tangent step",
+    "unit": "ξ = P_R(G) / ‖P_R(G)‖_F, a tangent step of Frobenius norm 1",
+    "raw": "ξ = 0.3 · G, not tangent: a retraction accepts any ξ near 0",
+}
+
+
+def make_xi(kind, R, G):
+    if kind == "zero":
+        return np.zeros_like(R)
+    if kind == "small":
+        return 1e-3 * stiefel.project_tangent(R, G)
+    if kind == "unit":
+        P = stiefel.project_tangent(R, G)
+        return P / max(np.linalg.norm(P), 1e-300)
+    return 0.3 * G
+
+
+def stiefel_cases():
+    for d, r in STIEFEL_PAIRS:
+        name = f"stiefel_project_tangent_d{d}_r{r}"
+        rng = np.random.default_rng(seed_of(name))
+        R = stiefel.random_stiefel(r, d, rng)  # (r, d)
+        case(name, "stiefel.project_tangent", {"R": R, "G": rng.standard_normal((r, d))},
+             seed=seed_of(name), description=f"P_R(G) = G − sym(G Rᵀ) R; d={d}, r={r}")
+    plan = ((1, 1, "zero"), (2, 2, "small"), (7, 2, "unit"), (8, 8, "raw"), (64, 4, "small"),
+            (64, 4, "zero"), (576, 8, "unit"))
+    for retraction in ("polar", "qr"):
+        for d, r, kind in plan:
+            name = f"stiefel_retract_{retraction}_d{d}_r{r}_{kind}"
+            for attempt in range(64):
+                seed = seed_of(f"{name}/{attempt}")
+                rng = np.random.default_rng(seed)
+                R = stiefel.random_stiefel(r, d, rng)  # (r, d)
+                xi = make_xi(kind, R, rng.standard_normal((r, d)))
+                # QR cases are drawn so that the sign fix matters (NumPy's LAPACK QR gives
+                # diag(T) < 0 somewhere); a retraction without it fails every one of them.
+                if retraction == "polar" or sign_fix_matters(R, xi):
+                    break
+            formula = ("U Vᵀ from the thin SVD R + ξ = U Σ Vᵀ" if retraction == "polar" else
+                       "Qᵀ from (R + ξ)ᵀ = Q T with diag(T) > 0")
+            drawn = "; drawn so that LAPACK's unsigned QR differs" if retraction == "qr" else ""
+            case(name, f"stiefel.retract_{retraction}", {"R": R, "xi": xi}, seed=seed,
+                 description=f"retract_{retraction}(R, ξ) = {formula}; {STEPS[kind]}; d={d}, r={r}{drawn}")
+    for d, r, eps in ((7, 2, 1e-3), (64, 8, 1e-6), (576, 4, 0.0)):
+        name = f"stiefel_orthonormality_error_d{d}_r{r}"
+        rng = np.random.default_rng(seed_of(name))
+        R = stiefel.random_stiefel(r, d, rng) + eps * rng.standard_normal((r, d))
+        case(name, "stiefel.orthonormality_error", {"R": R}, seed=seed_of(name),
+             description=f"max |R Rᵀ − I| of a point of St({r}, {d}) plus {eps:g} · N(0, 1) noise")
+
+
+# --------------------------------------------------------------------------- optimizer
+
+STEPS_PER_TRAJECTORY = 5
+
+
+def adamw_cases():
+    plan = (
+        ("W_d64_r8", (8, 64), {"lr": 1e-2, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}),
+        ("W_d64_r8_wd", (8, 64), {"lr": 5e-2, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.1}),
+        ("b_r4", (4,), {"lr": 1e-1, "betas": [0.8, 0.99], "eps": 1e-6, "weight_decay": 0.0}),
+        ("W_d576_r4_wd", (4, 576), {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01}),
+    )
+    for tag, shape, hyper in plan:
+        name = f"optim_adamw_{tag}"
+        rng = np.random.default_rng(seed_of(name))
+        param = rng.standard_normal(shape) / np.sqrt(shape[-1])
+        grads = rng.standard_normal((STEPS_PER_TRAJECTORY, *shape))  # (steps, *shape)
+        case(name, "optim.adamw_trajectory", {"param": param, "grads": grads},
+             kwargs={"steps": STEPS_PER_TRAJECTORY, **hyper}, seed=seed_of(name),
+             description=f"{STEPS_PER_TRAJECTORY} AdamW steps from state=None, step k fed grads[k]; "
+                         f"outputs: the parameter after every step, the final state")
+
+
+def unsigned_qr_trajectory(R, grads, kw):
+    """The trajectory a QR retraction without the sign fix would take (for the seed choice)."""
+    def retract(R, xi):
+        return np.linalg.qr((R + xi).T)[0].T
+
+    saved = minireft.optim.RETRACTIONS["qr"]
+    minireft.optim.RETRACTIONS["qr"] = retract
+    try:
+        return conformance.run_operation(minireft, "optim.riemannian_adam_trajectory",
+                                         {"R": R, "grads": grads}, kw, NUMPY)["Rs"]
+    finally:
+        minireft.optim.RETRACTIONS["qr"] = saved
+
+
+def riemannian_cases():
+    plan = (("d64_r4", 4, 64, 1e-2), ("d7_r7", 7, 7, 1e-1), ("d2_r1", 1, 2, 0.5), ("d576_r4", 4, 576, 1e-3))
+    for retraction in ("polar", "qr"):
+        for tag, r, d, lr in plan:
+            name = f"optim_riemannian_adam_{retraction}_{tag}"
+            kw = {"steps": STEPS_PER_TRAJECTORY, "lr": lr, "betas": [0.9, 0.999], "eps": 1e-8,
+                  "retraction": retraction}
+            for attempt in range(64):
+                seed = seed_of(f"{name}/{attempt}")
+                rng = np.random.default_rng(seed)
+                R = stiefel.random_stiefel(r, d, rng)  # (r, d)
+                grads = rng.standard_normal((STEPS_PER_TRAJECTORY, r, d))  # (steps, r, d)
+                if retraction == "polar":
+                    break
+                expected = conformance.run_operation(minireft, "optim.riemannian_adam_trajectory",
+                                                     {"R": R, "grads": grads}, kw, NUMPY)["Rs"]
+                if np.max(np.abs(unsigned_qr_trajectory(R, grads, kw) - expected)) > 1e-2:
+                    break
+            case(name, "optim.riemannian_adam_trajectory", {"R": R, "grads": grads}, kwargs=kw,
+                 seed=seed,
+                 description=f"{STEPS_PER_TRAJECTORY} Riemannian Adam steps on St({r}, {d}) with the "
+                             f"{retraction} retraction from state=None, step k fed the Euclidean "
+                             f"gradient grads[k]; outputs: R after every step, the final state"
+                             + ("; drawn so that LAPACK's unsigned QR diverges" if retraction == "qr" else ""))
+
+
+# --------------------------------------------------------------------------- positions
+
+
+def positions_cases():
+    rows = [(n, p, s) for n in range(1, 17) for p in (0, 1, 2, 3, 5, 7) for s in (0, 1, 2, 3, 5, 7)]
+    case("positions_grid", "positions.intervention_positions_table", table(rows),
+         description="intervention_positions(n, p, s) for n in 1..16, p, s in {0, 1, 2, 3, 5, 7}; "
+                     "row i of prefix_positions / suffix_positions lists the positions, padded with -1")
+    rows = [(n, p, s) for n in (1, 2, 3, 14, 99, 100, 101, 200, 512)
+            for p, s in ((7, 7), (100, 100), (1, 0), (0, 1), (50, 3))]
+    case("positions_long", "positions.intervention_positions_table", table(rows),
+         description="intervention_positions for long prompts and large p, s (the n < p + s clamp); "
+                     "row i of prefix_positions / suffix_positions lists the positions, padded with -1")
+
+
+def table(rows):
+    n, p, s = (np.array(col, dtype=np.int64) for col in zip(*rows))  # each (K,)
+    return {"n": n, "prefix": p, "suffix": s}
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def build() -> list[dict]:
+    CASES.clear()
+    intervention_grid()
+    magnitudes()
+    identity_init()
+    stiefel_cases()
+    adamw_cases()
+    riemannian_cases()
+    positions_cases()
+    return list(CASES)
+
+
+def write(cases: list[dict], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*/meta.json"):  # a case renamed or dropped leaves no folder behind
+        shutil.rmtree(stale.parent)
+    for c in cases:
+        folder = out / c["meta"]["name"]
+        folder.mkdir()
+        (folder / "meta.json").write_text(dumps(c["meta"]), encoding="utf-8")
+        for key, array in c["arrays"].items():
+            np.save(folder / f"{key}.npy", array, allow_pickle=False)
+    index = {
+        "spec_version": minireft.SPEC_VERSION,
+        "generator": "scripts/make_vectors.py",
+        "count": len(cases),
+        "cases": [{"name": c["meta"]["name"], "operation": c["meta"]["operation"]} for c in cases],
+    }
+    (out / "index.json").write_text(dumps(index), encoding="utf-8")
+
+
+def dumps(obj) -> str:
+    """JSON with sorted keys, two-space indents, and lists or dicts of scalars on one line."""
+    return _json(obj, 0) + "\n"
+
+
+def _json(obj, depth: int) -> str:
+    pad, inner = "  " * depth, "  " * (depth + 1)
+    flat = json.dumps(obj, ensure_ascii=False, sort_keys=True)
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ()
+    if len(flat) <= 100 and not any(isinstance(v, (dict, list)) for v in values):
+        return flat
+    if isinstance(obj, dict):
+        items = [f"{inner}{json.dumps(k)}: {_json(obj[k], depth + 1)}" for k in sorted(obj)]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, list):
+        return "[\n" + ",\n".join(inner + _json(x, depth + 1) for x in obj) + "\n" + pad + "]"
+    return flat
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder to write (reference/cases)")
+    args = parser.parse_args(argv)
+    cases = build()
+    write(cases, args.out)
+    size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
+    print(f"wrote {len(cases)} cases, {size / 1e6:.2f} MB, to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,377 @@
+"""The conformance corpus and its checker (minireft.conformance, `minireft check`).
+
+The corpus is generated deterministically from the NumPy spec; the spec passes it in
+float64 and float32; the checker fails a wrong backend on exactly the cases its bug
+reaches, and says where.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import wrong_backends
+
+import minireft
+from minireft import cli, conformance
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES_DIR = ROOT / "reference" / "cases"
+CASES = conformance.load_cases(CASES_DIR)
+BY_NAME = {c.name: c for c in CASES}
+
+
+def all_checks(predicate=lambda case: True) -> set:
+    """{(case name, dtype)} for every case the predicate selects, in each dtype it applies to."""
+    return {(c.name, dtype) for c in CASES if predicate(c) for dtype in c.dtypes}
+
+
+def failed_checks(report) -> set:
+    return {(r.case, r.dtype) for r in report.failed}
+
+
+@pytest.fixture(scope="module")
+def spec_failures() -> set:
+    """What the spec itself fails (nothing, when the spec is right): a wrong backend built on
+    the spec inherits these, so the tests below compare against them."""
+    return failed_checks(conformance.run(minireft, CASES_DIR))
+
+
+# ---------------------------------------------------------------- the corpus
+
+
+def test_corpus_has_enough_cases_and_stays_small():
+    index = json.loads((CASES_DIR / "index.json").read_text(encoding="utf-8"))
+    folders = sorted(p.parent.name for p in CASES_DIR.glob("*/meta.json"))
+    assert index["count"] == len(folders) == len(CASES) >= 60
+    assert sorted(c["name"] for c in index["cases"]) == folders
+    size = sum(f.stat().st_size for f in CASES_DIR.rglob("*") if f.is_file())
+    assert size < 5_000_000, f"the corpus holds {size / 1e6:.2f} MB, over the 5 MB budget"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_every_case_is_readable(case):
+    meta = case.meta
+    assert meta["spec_version"] == minireft.SPEC_VERSION
+    assert meta["operation"] in conformance.OPERATIONS
+    for name in (*meta["args"], *meta["outputs"]):
+        array = np.load(case.path / f"{name}.npy", allow_pickle=False)
+        assert list(array.shape) == meta["shapes"][name], f"{case.name}/{name}.npy"
+        assert array.dtype in (np.float64, np.int64), f"{case.name}/{name}.npy is {array.dtype}"
+    assert set(meta["tolerance"]) == set(meta["dtypes"])
+    kind = conformance.OPERATIONS[meta["operation"]][1]
+    for dtype, tol in meta["tolerance"].items():
+        if (tol["rtol"], tol["atol"]) != conformance.TOLERANCES[kind][dtype]:
+            assert meta.get("tolerance_reason", {}).get(dtype), f"{case.name}: override without a reason"
+
+
+def test_corpus_covers_the_grid():
+    grid = {(m, op, c.meta["shapes"]["h"][-1], c.meta["shapes"]["b"][0], len(c.meta["shapes"]["h"]))
+            for c in CASES for m in ("loreft", "direft") for op in ("forward", "vjp")
+            if c.meta["operation"] == f"{m}.{op}"}
+    for m in ("loreft", "direft"):
+        for op in ("forward", "vjp"):
+            assert {(d, r) for mm, oo, d, r, _ in grid if (mm, oo) == (m, op)} >= {
+                (d, r) for d in (1, 2, 7, 64, 576) for r in (1, 2, 4, 8) if r <= d}
+            assert {nd for mm, oo, *_, nd in grid if (mm, oo) == (m, op)} == {1, 2, 3}
+    operations = {c.meta["operation"] for c in CASES}
+    assert operations == set(conformance.OPERATIONS)
+    trajectories = [c.meta["kwargs"] for c in CASES if c.meta["operation"].endswith("trajectory")]
+    assert {k.get("retraction") for k in trajectories} >= {"polar", "qr"}
+    assert any(k.get("weight_decay", 0) > 0 for k in trajectories)
+    assert all(k["steps"] == 5 for k in trajectories)
+
+
+def test_identity_init_case_returns_h_exactly():
+    for name in ("loreft_forward_identity_d64_r8_bnd", "direft_forward_identity_d64_r8_bnd"):
+        case = BY_NAME[name]
+        assert np.array_equal(case.expected()["out"], case.inputs()["h"])
+
+
+def test_regeneration_is_byte_identical(tmp_path):
+    spec = importlib.util.spec_from_file_location("make_vectors", ROOT / "scripts" / "make_vectors.py")
+    make_vectors = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_vectors)
+    assert make_vectors.main(["--out", str(tmp_path)]) == 0
+    ours = {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()}
+    stored = {p.relative_to(CASES_DIR) for p in CASES_DIR.rglob("*") if p.is_file()}
+    assert ours == stored, f"files differ: {sorted(map(str, ours ^ stored))[:10]}"
+    differ = [str(p) for p in sorted(ours) if (tmp_path / p).read_bytes() != (CASES_DIR / p).read_bytes()]
+    assert not differ, (f"{len(differ)} file(s) regenerate differently, e.g. {differ[:5]}; "
+                        f"rerun scripts/make_vectors.py and commit, or find the nondeterminism")
+
+
+# ---------------------------------------------------------------- backends that must pass
+
+
+@pytest.mark.parametrize("dtype", conformance.DTYPES)
+def test_numpy_spec_passes_every_case(dtype):
+    report = conformance.run(minireft, CASES_DIR, dtypes=(dtype,))
+    problems = [m for r in report.failed for m in r.messages()]
+    assert not problems, "\n".join(problems)
+    assert len(report.results) == sum(dtype in c.dtypes for c in CASES)
+
+
+@pytest.mark.torch
+def test_torch_mirror_passes_every_case():
+    mt = pytest.importorskip("minireft.torch", reason="minireft.torch (needs torch) cannot be imported")
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: on a busy machine, idle pool threads cost seconds
+    try:
+        report = conformance.run(mt, CASES_DIR)
+    finally:
+        torch.set_num_threads(threads)
+    problems = [m for r in report.failed for m in r.messages()]
+    assert not problems, "\n".join(problems)
+    assert report.adapter == "backend's to_backend/to_numpy"
+
+
+def test_the_full_check_takes_seconds():
+    report = conformance.run(minireft, CASES_DIR)
+    assert report.seconds < 30, f"the full NumPy check took {report.seconds:.1f} s"
+
+
+# ---------------------------------------------------------------- backends that must fail
+
+
+def assert_fails_exactly(backend, expected: set, spec_failures: set):
+    report = conformance.run(backend, CASES_DIR)
+    failed = failed_checks(report)
+    missing, extra = expected - failed, failed - expected - spec_failures
+    assert not missing, f"the checker passed {len(missing)} check(s) it must fail: {sorted(missing)[:5]}"
+    assert not extra, f"the checker failed {len(extra)} check(s) the bug cannot reach: {sorted(extra)[:5]}"
+    return report
+
+
+def test_transposed_R_fails_every_loreft_case(spec_failures):
+    """With R read as d×r, r < d cannot even run (ERROR) and r = d gives wrong values (FAIL).
+    Only d = 1 passes, where R = ±1 equals its transpose."""
+    expected = all_checks(lambda c: c.meta["operation"].startswith("loreft.") and c.meta["shapes"]["R"][1] > 1)
+    report = assert_fails_exactly(wrong_backends.TRANSPOSED_R, expected, spec_failures)
+    for r in report.failed:
+        if (r.case, r.dtype) in spec_failures:
+            continue
+        (r_, d) = BY_NAME[r.case].meta["shapes"]["R"]
+        assert r.verdict == ("FAIL" if r_ == d else "ERROR"), (r.case, r.verdict, r.error)
+        assert all(m.startswith(f"{r.case} [{r.dtype}]") for m in r.messages())
+
+
+def test_flipped_dR_fails_loreft_vjp_cases_only(spec_failures):
+    expected = all_checks(lambda c: c.meta["operation"] == "loreft.vjp")
+    report = assert_fails_exactly(wrong_backends.FLIPPED_DR, expected, spec_failures)
+    for r in report.failed:
+        if (r.case, r.dtype) in spec_failures:
+            continue
+        assert [c.output for c in r.comparisons if not c.ok] == ["dR"], r.case
+        (message,) = r.messages()
+        assert message.startswith(f"{r.case} [{r.dtype}] dR: worst at index (")
+        assert "abs err" in message and "rel err 2.000e+00" in message and "tolerance rtol" in message
+
+
+def test_unsigned_qr_fails_qr_retractions_and_qr_trajectories_only(spec_failures):
+    expected = all_checks(lambda c: c.meta["operation"] == "stiefel.retract_qr" or (
+        c.meta["operation"] == "optim.riemannian_adam_trajectory" and c.meta["kwargs"]["retraction"] == "qr"))
+    assert_fails_exactly(wrong_backends.UNSIGNED_QR, expected, spec_failures)
+
+
+# ---------------------------------------------------------------- comparison and reporting
+
+
+def test_compare_reports_the_worst_element():
+    expected = np.array([[1.0, -4.0], [2.0, 0.5]])
+    got = expected.copy()
+    got[1, 0] += 1e-3
+    c = conformance.compare("dW", got, expected, rtol=1e-4, atol=0.0)
+    assert not c.ok and c.index == (1, 0) and c.got == pytest.approx(2.001)
+    assert c.abs_err == pytest.approx(1e-3) and c.rel_err == pytest.approx(1e-3 / 4)
+    text = c.describe("some_case", "float32")
+    for part in ("some_case [float32] dW", "index (1, 0)", "abs err 1.000e-03", "rel err 2.500e-04",
+                 "rtol 0.0001"):
+        assert part in text, text
+    assert conformance.compare("dW", got, expected, rtol=1e-3, atol=0.0).ok
+
+
+def test_compare_fails_nan_shape_and_dtype():
+    expected = np.ones((2, 3))
+    nan = expected.copy()
+    nan[0, 2] = np.nan
+    c = conformance.compare("out", nan, expected, 1e-5, 0.0)
+    assert not c.ok and c.index == (0, 2) and np.isinf(c.abs_err)
+    assert not conformance.compare("out", expected.T, expected, 1e-5, 0.0).ok
+    c = conformance.compare("out", expected, expected, 1e-5, 0.0, dtype="float32")
+    assert not c.ok and "dtype float64, expected float32" in c.describe("x", "float32")
+    ints = np.array([0, 1, -1])
+    assert not conformance.compare("p", ints + np.array([0, 0, 1]), ints, 1.0, 1.0).ok  # integers: exact
+
+
+def test_a_backend_that_raises_is_an_error_naming_the_case():
+    broken = types.SimpleNamespace(loreft=types.SimpleNamespace(
+        forward=lambda *a: (_ for _ in ()).throw(RuntimeError("not implemented yet"))))
+    report = conformance.run(broken, CASES_DIR, filters=["loreft_forward_d7_r2_nd"])
+    assert [r.verdict for r in report.results] == ["ERROR", "ERROR"]
+    assert report.results[0].messages() == [
+        "loreft_forward_d7_r2_nd [float64]: RuntimeError: not implemented yet"]
+    report = conformance.run(types.SimpleNamespace(), CASES_DIR, filters=["positions_grid"])
+    assert "the backend has no positions.intervention_positions" in report.results[0].error
+
+
+# ---------------------------------------------------------------- adapters
+
+
+class Box:
+    """An array type of a made-up framework: NumPy arrays cannot be passed in."""
+
+    def __init__(self, a):
+        self.a = np.asarray(a)
+
+
+def _boxed(fn):
+    def unbox(x):
+        if isinstance(x, dict):
+            return {k: unbox(v) for k, v in x.items()}
+        if isinstance(x, np.ndarray):
+            raise TypeError("this framework takes Box, not numpy.ndarray")
+        return x.a if isinstance(x, Box) else x
+
+    def box(x):
+        if isinstance(x, (tuple, list)):
+            return type(x)(box(v) for v in x)
+        if isinstance(x, dict):
+            return {k: box(v) for k, v in x.items()}
+        return Box(x) if isinstance(x, np.ndarray) else x
+
+    def wrapped(*args, **kwargs):
+        return box(fn(*(unbox(a) for a in args), **{k: unbox(v) for k, v in kwargs.items()}))
+
+    return wrapped
+
+
+def _mirror(wrap, namespace=types.SimpleNamespace):
+    """The spec's functions, wrapped, under the contract's names."""
+    parts = {}
+    for part, names in {"loreft": ("forward", "vjp"), "direft": ("forward", "vjp"),
+                        "stiefel": ("project_tangent", "retract_polar", "retract_qr", "orthonormality_error"),
+                        "optim": ("adamw_step", "riemannian_adam_step")}.items():
+        module = namespace(part)
+        for name in names:
+            setattr(module, name, wrap(getattr(getattr(minireft, part), name)))
+        parts[part] = module
+    return parts
+
+
+def test_adapter_protocol_with_the_backends_own_hooks():
+    backend = types.SimpleNamespace(**_mirror(_boxed, lambda name: types.SimpleNamespace()),
+                                    positions=minireft.positions, to_backend=Box, to_numpy=lambda b: b.a)
+    report = conformance.run(backend, CASES_DIR, dtypes=("float64",))
+    assert report.adapter == "backend's to_backend/to_numpy"
+    assert report.ok, [m for r in report.failed for m in r.messages()][:3]
+    without_hooks = types.SimpleNamespace(**vars(backend))
+    del without_hooks.to_backend, without_hooks.to_numpy
+    report = conformance.run(without_hooks, CASES_DIR, dtypes=("float64",), filters=["loreft_forward_d7"])
+    assert all(r.verdict == "ERROR" and "takes Box" in r.error for r in report.results)
+
+
+def test_torch_backend_is_detected_without_hooks():
+    """A module-based backend that imports torch gets tensors of the dtype under test."""
+    torch = pytest.importorskip("torch")
+    seen = set()
+
+    def torch_wrap(fn):
+        def to_np(x):
+            if isinstance(x, dict):
+                return {k: to_np(v) for k, v in x.items()}
+            if isinstance(x, np.ndarray):
+                raise TypeError("a torch backend got a numpy.ndarray")
+            if isinstance(x, torch.Tensor):
+                seen.add(x.dtype)
+                return x.numpy()
+            return x
+
+        def to_torch(x):
+            if isinstance(x, (tuple, list)):
+                return type(x)(to_torch(v) for v in x)
+            if isinstance(x, dict):
+                return {k: to_torch(v) for k, v in x.items()}
+            return torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+
+        return lambda *a, **k: to_torch(fn(*map(to_np, a), **{n: to_np(v) for n, v in k.items()}))
+
+    def module(name):
+        m = types.ModuleType(f"torchish.{name}")
+        m.torch = torch  # what `import torch` leaves in a module's globals
+        return m
+
+    backend = types.ModuleType("torchish")
+    for name, part in _mirror(torch_wrap, module).items():
+        setattr(backend, name, part)
+    backend.positions = minireft.positions
+    report = conformance.run(backend, CASES_DIR, filters=["loreft", "stiefel", "optim_adamw"])
+    assert report.adapter == "torch (cpu)"
+    assert report.ok, [m for r in report.failed for m in r.messages()][:3]
+    assert seen == {torch.float64, torch.float32}
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_cli_passes_the_spec_and_filters(capsys):
+    assert cli.main(["check", "--backend", "minireft", "--filter", "positions", "--filter", "d7_r2_nd"]) == 0
+    out = capsys.readouterr().out
+    names = {line.split()[0] for line in out.splitlines() if line.endswith("PASS")}
+    assert names == {c.name for c in CASES if "positions" in c.name or "d7_r2_nd" in c.name}
+    assert "case" in out and "max abs err" in out and "max rel err" in out and "tolerance" in out
+    assert cli.main(["check", "--backend", "minireft", "--filter", "no_such_case"]) == 2
+    assert cli.main(["check", "--backend", "no_such_module_xyz"]) == 2
+    assert cli.main([]) == 2
+
+
+def test_cli_fails_a_wrong_backend_and_names_the_cases(capsys):
+    rc = cli.main(["check", "--backend", "wrong_backends:FLIPPED_DR", "--filter", "loreft_",
+                   "--dtype", "float32"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    verdicts = {line.split()[0]: line.split()[-1] for line in out.splitlines()
+                if line.startswith("loreft_") and line.split()[1] == "float32"}
+    assert verdicts and all(v == ("FAIL" if "_vjp_" in n else "PASS") for n, v in verdicts.items())
+    assert "loreft_vjp_d7_r2_nd [float32] dR: worst at index" in out
+
+
+def test_cli_xfail_file(tmp_path, capsys):
+    xfail = tmp_path / "known_gaps.txt"
+    xfail.write_text("# our dR has the wrong sign, see issue 12\n"
+                     "loreft_vjp_*   # dR sign\n"
+                     "loreft_forward_d7_r1_vec float64  # passes: reported as XPASS\n", encoding="utf-8")
+    argv = ["check", "--backend", "wrong_backends:FLIPPED_DR", "--filter", "loreft_", "--xfail", str(xfail)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "XFAIL" in out and " FAIL" not in out.replace("XFAIL", "")
+    assert "loreft_forward_d7_r1_vec [float64]" in out.split("expected to fail but passed")[1]
+    assert "[xfail: dR sign]" in out
+    xfail.write_text("loreft_vjp_* float64  # only float64 is known\n", encoding="utf-8")
+    assert cli.main(argv) == 1  # float32 still fails
+    assert "loreft_vjp_d7_r1_vec [float32] dR" in capsys.readouterr().out.split("failures:")[1]
+    xfail.write_text("loreft_vjp_* float16\n", encoding="utf-8")
+    assert cli.main(argv) == 2
+
+
+def test_cli_entry_point_runs_as_a_module():
+    proc = subprocess.run([sys.executable, "-m", "minireft.cli", "check", "--backend", "minireft",
+                           "--filter", "positions", "-q"], capture_output=True, text=True, cwd=ROOT,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "checks: 4 pass" in proc.stdout
+
+
+def test_conformance_and_cli_do_not_import_torch():
+    code = "import sys, minireft, minireft.conformance, minireft.cli; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          check=False)
+    assert proc.stdout.strip() == "False", proc.stderr

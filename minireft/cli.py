@@ -1,4 +1,4 @@
-"""The `minireft` command: `minireft check --backend MODULE` (more subcommands to come).
+"""The `minireft` command: `minireft check --backend MODULE`, `minireft train`, `minireft generate`.
 
 Each subcommand is a pair of small functions registered once, in SUBCOMMANDS:
 `_add_<name>(subparsers)` declares its arguments and returns its parser, and
@@ -7,7 +7,8 @@ torch imports it inside its `_run_` function, so `minireft check --backend minir
 runs on a NumPy-only install.
 
 Exit status: 0 success, 1 a check failed, 2 a usage error (bad arguments, a backend
-that cannot be imported, a filter that matches no case).
+that cannot be imported, a filter that matches no case, unreadable data or model),
+130 training interrupted (the last completed step's adapter is saved).
 """
 
 from __future__ import annotations
@@ -66,10 +67,249 @@ def _run_check(args) -> int:
     return 1 if report.failed else 0
 
 
+# ---------------------------------------------------------------------------- train
+
+TRAIN_LOG = "train_log.json"  # written beside the adapter: the run's arguments and history
+
+
+def _layer_list(text: str) -> list[int]:
+    """"8" → [8]; "4,8" → [4, 8] (also repeatable: --layers 4 8)."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"layers must be integers such as 8 or 4,8, got {text!r}") from None
+
+
+def _add_model_args(p) -> None:
+    p.add_argument("--model", required=True, metavar="PATH_OR_NAME",
+                   help="the base model: a local Hugging Face folder, or 'smollm2' (the packaged "
+                        "SmolLM2-135M-Instruct); nothing is downloaded")
+    p.add_argument("--model-dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="the base model's dtype (the adapter stays float32; default float32)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+
+
+def _add_train(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "train",
+        help="train a ReFT adapter on a JSONL file",
+        description="Train a ReFT adapter on a frozen model. Language modelling (default): "
+                    "each JSONL line is {\"prompt\": ..., \"completion\": ...} and the loss is on "
+                    "completion tokens only. --task classification: each line is {\"text\" (or "
+                    "\"prompt\"): ..., \"label\": int}, for an encoder, with a trained linear head. "
+                    f"Writes the adapter and {TRAIN_LOG} to --output.")
+    _add_model_args(p)
+    p.add_argument("--data", required=True, metavar="FILE.jsonl", help="training examples")
+    p.add_argument("--eval", metavar="FILE.jsonl", help="held-out examples, evaluated after every epoch")
+    p.add_argument("--output", required=True, metavar="DIR", help="the adapter folder to write")
+    p.add_argument("--task", choices=("lm", "classification"), default="lm")
+    g = p.add_argument_group("the intervention")
+    g.add_argument("--layers", type=_layer_list, nargs="+", default=[[8]], metavar="L",
+                   help="0-based block indices, e.g. 8 or 4,8 (default 8)")
+    g.add_argument("--rank", type=int, default=4, help="the subspace rank r (default 4)")
+    g.add_argument("--positions", default="f7+l7", help="edited prompt tokens: f<p>+l<s> (default f7+l7)")
+    g.add_argument("--tied", action="store_true", help="one intervention for prefix and suffix positions")
+    g.add_argument("--intervention", choices=("loreft", "direft"), default="loreft")
+    g.add_argument("--init", choices=("paper", "identity"), default="paper")
+    g.add_argument("--dropout", type=float, default=0.0, help="dropout on the edit (default 0)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=1)
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--lr", type=float, default=4e-3)
+    g.add_argument("--weight-decay", type=float, default=0.0, help="on W, b (never on R)")
+    g.add_argument("--warmup-ratio", type=float, default=0.1)
+    g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    g.add_argument("--max-length", type=int, default=512, help="tokens per example (default 512)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--chat-template", action="store_true",
+                   help="wrap each prompt in the tokenizer's chat template (one user turn)")
+    g = p.add_argument_group("classification")
+    g.add_argument("--num-labels", type=int, help="classes (default: the largest label + 1)")
+    g.add_argument("--pooling", choices=("first", "mean"), default="first",
+                   help="the head reads the first token ([CLS]) or the mean of the tokens")
+    g = p.add_argument_group("logging and checkpoints")
+    g.add_argument("--save-every", type=int, help="also save the adapter every N steps")
+    g.add_argument("--log-every", type=int, help="print the loss every N steps")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _device(name: str):
+    import torch
+
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                        "cpu" if name == "auto" else name)
+
+
+def _load_base(args, task: str):
+    """(model, tokenizer) on args.device: a causal LM through minireft.torch.hub, or an encoder."""
+    import torch
+
+    dtype = getattr(torch, args.model_dtype)
+    if getattr(args, "quiet", True):  # generate has no bar of its own; train --quiet asks for none
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    if task == "lm":
+        from minireft.torch.hub import load_model
+
+        model, tokenizer = load_model(args.model, dtype=dtype)
+    else:
+        from transformers import AutoModel, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+        model = AutoModel.from_pretrained(args.model, local_files_only=True, dtype=dtype).eval()
+    return model.to(_device(args.device)), tokenizer
+
+
+def _check_output(path) -> None:
+    """Refuse, before training, a --output that save_pretrained would refuse after it."""
+    from pathlib import Path
+
+    from minireft.io import CONFIG_FILE
+
+    out = Path(path)
+    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / CONFIG_FILE).is_file()):
+        raise FileExistsError(f"--output {out} exists and is not an adapter folder; choose a new folder")
+
+
+def _read_examples(path, task: str) -> list[dict]:
+    from minireft.datasets import read_jsonl
+
+    # read_jsonl requires string values; a classification line's label is an int, and the
+    # "text" / "prompt" alternative is checked per example by minireft.torch.data.
+    return read_jsonl(path, required=("prompt", "completion") if task == "lm" else ())
+
+
+def _build_model(args, model, train_examples):
+    """attach(model, config), wrapped in a ReftClassifier for classification."""
+    from minireft import ReftConfig
+    from minireft.torch import attach
+
+    config = ReftConfig(layers=sorted({x for group in args.layers for x in group}), rank=args.rank,
+                        positions=args.positions, tied=args.tied, intervention=args.intervention,
+                        init=args.init, dropout=args.dropout)
+    reft_model = attach(model, config, seed=args.seed)
+    if args.task == "lm":
+        return reft_model
+    from minireft.torch.classify import ReftClassifier
+
+    # a missing or bad label is reported, with its example's index, when train() encodes the data
+    labels = [ex.get("label") for ex in train_examples]
+    num_labels = args.num_labels or max(2, 1 + max((x for x in labels if isinstance(x, int)), default=1))
+    return ReftClassifier(reft_model, num_labels, pooling=args.pooling, seed=args.seed)
+
+
+def _run_train(args) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    import minireft.torch.train as training
+
+    started = time.time()
+    try:
+        _check_output(args.output)
+        train_examples = _read_examples(args.data, args.task)
+        eval_examples = _read_examples(args.eval, args.task) if args.eval else None
+        model, tokenizer = _load_base(args, args.task)
+        reft_model = _build_model(args, model, train_examples)
+        result = training.train(
+            reft_model, tokenizer, train_examples, eval_examples=eval_examples, task=args.task,
+            epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+            weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, seed=args.seed,
+            chat_template=args.chat_template, max_length=min(args.max_length, tokenizer.model_max_length),
+            max_steps=args.max_steps, progress=not args.quiet, log_every=args.log_every,
+            output_dir=args.output, save_every=args.save_every)
+    except KeyboardInterrupt:
+        config_file = Path(args.output) / "reft_config.json"
+        saved = config_file.is_file() and config_file.stat().st_mtime >= started
+        print("minireft train: interrupted; "
+              + (f"the adapter of the last completed step is in {args.output}" if saved else
+                 "no step had completed, nothing saved"), file=sys.stderr)
+        return 130
+    except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError, FloatingPointError) as exc:
+        print(f"minireft train: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    log = {"args": {k: v for k, v in vars(args).items() if k != "func"}, **result.to_dict()}
+    (Path(args.output) / TRAIN_LOG).write_text(json.dumps(log, indent=2) + "\n")
+    print(_train_summary(reft_model, result, args.output))
+    return 0
+
+
+def _train_summary(reft_model, result, output) -> str:
+    losses = result.losses
+    line = (f"trained {reft_model.num_trainable_parameters()} parameters for {result.steps} steps in "
+            f"{result.seconds:.1f} s: loss {losses[0]:.4f} → {losses[-1]:.4f}")
+    if result.evals:
+        last = result.evals[-1]
+        line += "; eval " + ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "accuracy") if k in last)
+    return f"{line}\nadapter saved to {output}"
+
+
+# ---------------------------------------------------------------------------- generate
+
+
+def _add_generate(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "generate",
+        help="complete a prompt with a trained adapter",
+        description="Load the base model, attach the adapter from --adapter and print the "
+                    "completion of --prompt (the new text only). Greedy unless --sample.")
+    _add_model_args(p)
+    p.add_argument("--adapter", required=True, metavar="DIR", help="a folder written by `minireft train`")
+    p.add_argument("--prompt", required=True, help="the prompt (the user message)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
+                   help="wrap the prompt in the chat template (default: as the adapter was trained)")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="the sampling seed")
+    return p
+
+
+def _trained_with_chat_template(adapter) -> bool:
+    """What `minireft train` used for this adapter (its train_log.json), else False."""
+    import json
+    from pathlib import Path
+
+    try:
+        return bool(json.loads((Path(adapter) / TRAIN_LOG).read_text())["args"]["chat_template"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _run_generate(args) -> int:
+    from pathlib import Path
+
+    from minireft.torch.classify import HEAD_FILE
+    from minireft.torch.model import ReftModel
+    from minireft.torch.train import generate_text
+
+    chat = args.chat_template if args.chat_template is not None else _trained_with_chat_template(args.adapter)
+    try:
+        if (Path(args.adapter) / HEAD_FILE).is_file():
+            raise ValueError(f"{args.adapter} holds a classifier (it has {HEAD_FILE}); generate needs a "
+                             "language-modelling adapter")
+        model, tokenizer = _load_base(args, "lm")
+        reft_model = ReftModel.from_pretrained(model, args.adapter)
+        text = generate_text(reft_model, tokenizer, args.prompt, chat_template=chat,
+                             max_new_tokens=args.max_new_tokens, sample=args.sample,
+                             temperature=args.temperature, seed=args.seed)
+    except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError) as exc:
+        print(f"minireft generate: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
 # ---------------------------------------------------------------------------- registry
 
 SUBCOMMANDS = {
     "check": (_add_check, _run_check),
+    "train": (_add_train, _run_train),
+    "generate": (_add_generate, _run_generate),
 }
 
 

@@ -252,6 +252,13 @@ def test_same_seed_same_bits():
     assert any(not torch.equal(runs[0][n], p) for n, p in params_of(model).items()), "seed had no effect"
 
 
+def test_package_level_train_is_callable():
+    import minireft.torch
+
+    result = minireft.torch.train(reft(tiny_llama()), tiny_tokenizer(), PAIRS, batch_size=4, **QUIET)
+    assert result.steps == 1
+
+
 def test_base_frozen_unchanged_and_in_eval_mode():
     tok = tiny_tokenizer()
     base = tiny_llama()

@@ -26,8 +26,8 @@ def array(name: str, x, ndim: int | None = None, min_ndim: int | None = None) ->
 
 def finite(name: str, x: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(x)):
-        bad = np.argwhere(~np.isfinite(x))[0]
-        raise ValueError(f"{name} must be finite, found {x[tuple(bad)]} at index {tuple(bad)}")
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])  # plain ints: "(1,)", not "(np.int64(1),)"
+        raise ValueError(f"{name} must be finite, found {x[bad]} at index {bad}")
     return x
 
 

@@ -50,7 +50,8 @@ def _moments(grad, m, v, beta1, beta2):
 def _adam_direction(m, v, t, beta1, beta2, eps):
     """(m / (1 − β1ᵗ)) / (sqrt(v) / sqrt(1 − β2ᵗ) + ε), in torch.optim.AdamW's order."""
     bias1 = 1 - beta1**t
-    bias2_sqrt = np.sqrt(1 - beta2**t)
+    # A Python float, as in torch; np.sqrt would return a float64 scalar that promotes float32.
+    bias2_sqrt = (1 - beta2**t) ** 0.5
     return (m / bias1) / (np.sqrt(v) / bias2_sqrt + eps)
 
 

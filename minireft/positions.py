@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-_POSITIONS = re.compile(r"^(?:f(\d+))?(\+)?(?:l(\d+))?$")
+_POSITIONS = re.compile(r"^(?:f([0-9]+))?(\+)?(?:l([0-9]+))?$")
 _ACCEPTED = "'f<p>+l<s>', 'f<p>' or 'l<s>' with non-negative integers p, s (e.g. 'f7+l7', 'f1', 'l3')"
 
 
@@ -22,7 +22,8 @@ def parse_positions(positions: str) -> tuple[int, int]:
     if (
         match is None
         or (prefix_text is None and suffix_text is None)
-        or (plus is not None and (prefix_text is None or suffix_text is None))
+        # "+" joins a prefix and a suffix: it is required between the two, and only there.
+        or (plus is not None) != (prefix_text is not None and suffix_text is not None)
     ):
         raise ValueError(f"positions={positions!r} is malformed; accepted: {_ACCEPTED}")
     prefix = int(prefix_text or 0)

@@ -1,0 +1,36 @@
+"""Shared pytest setup. Keep each section short; add new fixtures under their own header."""
+
+from __future__ import annotations
+
+import os
+
+# ---------------------------------------------------------------- BLAS threads
+# The spec's matrices are small (at most 576 × 576); OpenBLAS threads only spin against
+# each other there, and on a shared 2-core runner a threaded QR runs several times slower
+# than a single-threaded one. Set before NumPy is first imported; override from outside.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from hypothesis import HealthCheck, settings
+
+# ---------------------------------------------------------------- hypothesis profiles
+# "ci" (the default): derandomized, so every run draws the same examples and a failure
+# reproduces on any machine; no deadline (a d = 576 SVD is slow on a busy runner);
+# print_blob so a failure also prints the @reproduce_failure line.
+# "dev": random draws and more of them, for hunting new counterexamples locally:
+#     HYPOTHESIS_PROFILE=dev python3 -m pytest tests/
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=30,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev",
+    max_examples=300,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -1,0 +1,283 @@
+"""Hypothesis strategies for the spec's property tests, and the one comparison helper.
+
+Every property test draws its inputs from here. Arrays are not drawn element by
+element (slow at d = 576, and shrinking a 576×576 matrix teaches nothing): a
+strategy draws the shape, the dtype and an integer seed, and the case builds its
+arrays with numpy.random.default_rng(seed). A failing example therefore prints as
+a handful of integers that rebuild it exactly.
+
+Sections: sizes and dtypes · cases (LoReFT, DiReFT, Stiefel) · configs and
+positions · edge examples · comparison.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from hypothesis import example
+from hypothesis import strategies as st
+
+from minireft import ReftConfig
+from minireft.stiefel import random_stiefel
+
+# ---------------------------------------------------------------- sizes and dtypes
+
+MAX_D = 576  # SmolLM2-135M's hidden size: the largest model the project runs
+DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+
+dtypes = st.sampled_from(DTYPES)
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
+# Magnitude of the hidden states: the tolerances scale with it, so it must vary.
+scales = st.sampled_from((1.0, 1e-3, 1e3))
+
+
+def unit_roundoff(dtype) -> float:
+    """u = 2^-53 (float64) or 2^-24 (float32): half the spacing of floats near 1."""
+    return float(np.finfo(dtype).eps) / 2
+
+
+@st.composite
+def rank_dims(draw, max_d: int = MAX_D) -> tuple[int, int]:
+    """(r, d) with 1 <= r <= d <= max_d; the corners r = 1, r = d, d = 1 and d = max_d
+    are drawn often, not left to chance."""
+    d = draw(st.one_of(st.sampled_from((1, 2, max_d)), st.integers(1, max_d)))
+    r = draw(st.one_of(st.sampled_from((1, d)), st.integers(1, d)))
+    return r, d
+
+
+# Leading shape of h: a single vector (d,), a row batch (n, d), a sequence batch (b, n, d).
+leads = st.one_of(
+    st.just(()),
+    st.tuples(st.integers(1, 8)),
+    st.tuples(st.integers(1, 3), st.integers(1, 5)),
+)
+
+
+# ---------------------------------------------------------------- cases
+
+
+@dataclass(frozen=True)
+class Case:
+    """One seeded input: sizes, dtype, leading shape of h, seed and scale of h."""
+
+    r: int
+    d: int
+    dtype: np.dtype
+    lead: tuple[int, ...]
+    seed: int
+    scale: float = 1.0
+
+    def rng(self, stream: int = 0) -> np.random.Generator:
+        return np.random.default_rng([self.seed, stream])
+
+    def h(self) -> np.ndarray:
+        """(*lead, d) hidden states, entries ~ scale · N(0, 1)."""
+        return (self.scale * self.rng(1).standard_normal((*self.lead, self.d))).astype(self.dtype)
+
+    def dout(self) -> np.ndarray:
+        """(*lead, d) cotangent, entries ~ N(0, 1)."""
+        return self.rng(2).standard_normal((*self.lead, self.d)).astype(self.dtype)
+
+    def loreft(self) -> dict[str, np.ndarray]:
+        """{R, W, b}: R Haar-random on St(r, d); W ~ N(0, 1/d) so W h ~ scale; b ~ scale · N(0, 1)."""
+        rng = self.rng(3)
+        R = random_stiefel(self.r, self.d, rng)  # (r, d)
+        W = rng.standard_normal((self.r, self.d)) / np.sqrt(self.d)  # (r, d)
+        b = self.scale * rng.standard_normal(self.r)  # (r,)
+        return {k: v.astype(self.dtype) for k, v in {"R": R, "W": W, "b": b}.items()}
+
+    def direft(self) -> dict[str, np.ndarray]:
+        """{W1, W2, b}: W1 ~ N(0, 1/d), W2 Haar-random orthonormal rows (as the init), b ~ scale · N(0, 1)."""
+        rng = self.rng(4)
+        W1 = rng.standard_normal((self.r, self.d)) / np.sqrt(self.d)  # (r, d)
+        W2 = random_stiefel(self.r, self.d, rng)  # (r, d)
+        b = self.scale * rng.standard_normal(self.r)  # (r,)
+        return {k: v.astype(self.dtype) for k, v in {"W1": W1, "W2": W2, "b": b}.items()}
+
+
+@st.composite
+def cases(draw, max_d: int = MAX_D, dtype=None, lead=None) -> Case:
+    """A LoReFT/DiReFT case; dtype and lead may be pinned (float64 for the VJP checks)."""
+    r, d = draw(rank_dims(max_d))
+    return Case(
+        r=r,
+        d=d,
+        dtype=np.dtype(dtype) if dtype is not None else draw(dtypes),
+        lead=lead if lead is not None else draw(leads),
+        seed=draw(seeds),
+        scale=draw(scales),
+    )
+
+
+@dataclass(frozen=True)
+class StiefelCase:
+    """A point R of St(r, d) with an ambient direction G and a tangent direction ξ at R."""
+
+    r: int
+    d: int
+    dtype: np.dtype
+    seed: int
+
+    def rng(self, stream: int = 0) -> np.random.Generator:
+        return np.random.default_rng([self.seed, stream])
+
+    def R(self) -> np.ndarray:
+        """(r, d), orthonormal rows, computed in float64 then cast."""
+        return random_stiefel(self.r, self.d, self.rng(1), dtype=self.dtype)
+
+    def ambient(self) -> np.ndarray:
+        """(r, d), entries ~ N(0, 1): any Euclidean gradient."""
+        return self.rng(2).standard_normal((self.r, self.d)).astype(self.dtype)
+
+    def tangent(self) -> np.ndarray:
+        """(r, d) tangent at R with unit Frobenius norm (zero when r = d = 1, where the
+        tangent space is {0}), built from the parametrisation of T_R St(r, d), independently
+        of project_tangent:  ξ = Ω R + B (I − RᵀR),  Ω skew (r, r), B any (r, d).
+        Both parts are O(1), so normalising does not amplify rounding."""
+        R = self.R().astype(np.float64)
+        rng = self.rng(3)
+        A = rng.standard_normal((self.r, self.r))
+        xi = 0.5 * (A - A.T) @ R  # (r, d): Ω R, moves within the row space
+        if self.r < self.d:  # for r = d, I − RᵀR = 0 and this term would be pure rounding
+            B = rng.standard_normal((self.r, self.d))
+            xi = xi + (B - (B @ R.T) @ R)  # (r, d): B (I − RᵀR), leaves the row space
+        norm = np.linalg.norm(xi)
+        return (xi / norm if norm > 0 else xi).astype(self.dtype)
+
+
+@st.composite
+def stiefel_cases(draw, max_d: int = MAX_D, dtype=None) -> StiefelCase:
+    r, d = draw(rank_dims(max_d))
+    return StiefelCase(
+        r=r, d=d, dtype=np.dtype(dtype) if dtype is not None else draw(dtypes), seed=draw(seeds)
+    )
+
+
+# ---------------------------------------------------------------- configs and positions
+
+
+@st.composite
+def position_strings(draw) -> tuple[str, int, int]:
+    """(text, p, s) for a valid positions string: 'f{p}+l{s}', 'f{p}' or 'l{s}'."""
+    form = draw(st.sampled_from(("both", "prefix", "suffix")))
+    p = draw(st.integers(0 if form == "both" else 1, 12))
+    s = draw(st.integers(0 if form == "both" else 1, 12))
+    if form == "both":
+        if p + s == 0:
+            s = 1
+        return f"f{p}+l{s}", p, s
+    if form == "prefix":
+        return f"f{p}", p, 0
+    return f"l{s}", 0, s
+
+
+@st.composite
+def configs(draw) -> ReftConfig:
+    """Any valid ReftConfig."""
+    return ReftConfig(
+        layers=tuple(draw(st.sets(st.integers(0, 40), min_size=1, max_size=5))),
+        rank=draw(st.integers(1, 64)),
+        positions=draw(position_strings())[0],
+        tied=draw(st.booleans()),
+        intervention=draw(st.sampled_from(("loreft", "direft"))),
+        init=draw(st.sampled_from(("paper", "identity"))),
+        dropout=draw(st.sampled_from((0.0, 0.05, 0.5))),
+        dtype=draw(st.sampled_from(("float32", "float64"))),
+        module_path=draw(st.sampled_from((None, "model.layers", "transformer.h"))),
+    )
+
+
+# ---------------------------------------------------------------- edge examples
+
+# Always run, in addition to what hypothesis draws: the smallest sizes, full rank,
+# the largest hidden size at rank 1 and at full rank, every leading shape, both dtypes.
+EDGE_CASES = tuple(
+    Case(r=r, d=d, dtype=dt, lead=lead, seed=seed, scale=1.0)
+    for (r, d, lead, seed) in (
+        (1, 1, (), 0),
+        (1, 2, (3,), 1),
+        (2, 2, (2, 3), 2),
+        (1, MAX_D, (2,), 3),
+        (8, MAX_D, (2, 3), 4),
+        (MAX_D, MAX_D, (4,), 5),
+    )
+    for dt in DTYPES
+)
+EDGE_STIEFEL = tuple(
+    StiefelCase(r=r, d=d, dtype=dt, seed=seed)
+    for (r, d, seed) in ((1, 1, 0), (1, 2, 1), (3, 3, 2), (1, MAX_D, 3), (MAX_D, MAX_D, 4))
+    for dt in DTYPES
+)
+
+
+def with_edges(examples, name: str = "case", dtype=None):
+    """Decorator: hypothesis.example(**{name: e}) for every edge example (of `dtype` if given)."""
+
+    def decorate(test):
+        for e in examples:
+            if dtype is None or e.dtype == np.dtype(dtype):
+                test = example(**{name: e})(test)
+        return test
+
+    return decorate
+
+
+# ---------------------------------------------------------------- comparison
+
+
+def assert_close(got, expected, *, atol, rtol=0.0, what: str = "", case=None) -> None:
+    """|got − expected| <= atol + rtol·|expected| elementwise (atol may be an array that
+    broadcasts); on failure the message names the case, the worst index, the absolute and
+    relative error there, and the tolerance."""
+    got = np.asarray(got, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert got.shape == expected.shape, f"{what}: shape {got.shape} != expected {expected.shape}"
+    err = np.abs(got - expected)
+    tol = np.broadcast_to(atol + rtol * np.abs(expected), err.shape)
+    if err.size == 0 or np.all(err <= tol):
+        return
+    worst = np.unravel_index(np.argmax(err - tol), err.shape)
+    rel = err[worst] / max(abs(expected[worst]), np.finfo(np.float64).tiny)
+    raise AssertionError(
+        f"{what} [{case}]: worst index {tuple(int(i) for i in worst)}: got {got[worst]!r}, "
+        f"expected {expected[worst]!r}, abs err {err[worst]:.3e}, rel err {rel:.3e}, "
+        f"tolerance {tol[worst]:.3e}"
+    )
+
+
+def directional_fd_errors(f, args: dict, grads: dict, dout, name: str, n_dirs: int = 4, seed: int = 0):
+    """Relative errors of the VJP of f for argument `name` against central differences.
+
+    For random directions V of args[name]'s shape:
+        fd = ⟨dout, (f(x + εV) − f(x − εV)) / 2ε⟩      an = ⟨grads[name], V⟩
+        error = |fd − an| / max(|fd|, |an|)
+    Φ is affine in h, W, b (and W1, W2, b) and quadratic in R, and the central difference
+    of a quadratic is exact: the error is rounding alone, ~ u·|f| / (ε·|fd|) ≈ 1e-13 with
+    ε = 1e-2 · rms(x). Returns [(fd, an, error)] in float64.
+    """
+    rng = np.random.default_rng([seed, n_dirs])
+    x = args[name]
+    eps = 1e-2 * max(float(np.sqrt(np.mean(x * x))), 1e-3) if x.size else 1e-2
+    out = []
+    for _ in range(n_dirs):
+        V = rng.standard_normal(x.shape)
+        plus = f(**(args | {name: x + eps * V}))
+        minus = f(**(args | {name: x - eps * V}))
+        fd = float(np.sum(dout * (plus - minus)) / (2 * eps))
+        an = float(np.sum(grads[name] * V))
+        denom = max(abs(fd), abs(an))
+        out.append((fd, an, abs(fd - an) / denom if denom > 0 else 0.0))
+    return out
+
+
+def jacobian_fd(f, args: dict, name: str, eps: float = 1e-3) -> np.ndarray:
+    """Full Jacobian ∂f/∂args[name] by central differences, shape (f.size, x.size), float64."""
+    x = args[name]
+    cols = []
+    for i in range(x.size):
+        e = np.zeros(x.size)
+        e[i] = eps
+        e = e.reshape(x.shape)
+        cols.append(((f(**(args | {name: x + e})) - f(**(args | {name: x - e}))) / (2 * eps)).ravel())
+    return np.stack(cols, axis=1)

@@ -191,12 +191,16 @@ def check_model(table: Table, model_name: str, steps: int):
                 expected[row, idx] = minireft.loreft.forward(before[row, idx], **p)
     table.add(f"{model_name}: layer {layer} hidden states vs spec", "float32", captured["after"], expected,
               TOL["float32"]["model"])
+    # Guard against a vacuous pass: the trained edit must move the states it touches.
+    moved = float(np.abs(expected - before).max())
+    table.rows.append((f"{model_name}: edit size max|Φ(h) − h| = {moved:.2e} (must be > 1e-3)", "float32",
+                       moved, moved, 1e-3, moved > 1e-3))
 
 
 def _blocks(reft):
     from minireft.torch.model import find_blocks
 
-    return find_blocks(reft.model, reft.config.module_path)
+    return find_blocks(reft.model, reft.config.module_path)[1]
 
 
 def _hidden(out):
@@ -212,6 +216,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-model", action="store_true")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
     rng = np.random.default_rng(args.seed)
     table = Table()
     for dtype in ("float64", "float32"):

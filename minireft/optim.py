@@ -11,8 +11,6 @@ A state is a dict {"step": t, "exp_avg": m, "exp_avg_sq": v}; None starts one.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from minireft import _check

@@ -156,17 +156,55 @@ def test_riemannian_adam_step_is_on_the_manifold_and_transports_m(case):
     assert residual <= 1e-4 * max(1.0, np.abs(m).max()) if case.dtype == np.float32 else residual <= 1e-12
 
 
-def test_first_step_is_a_tangent_sign_step():
-    """At t = 1, m̂ = g and √v̂ = |g|, so ξ = −lr·P_R(g / (|g| + ε)); for small lr, R' = R + ξ + O(lr²)."""
+@pytest.mark.parametrize("retraction", ["polar", "qr"])
+def test_first_step_is_a_tangent_sign_step(retraction):
+    """At t = 1, m̂ = g and √v̂ = |g|, so ξ = −lr·P_R(g / (|g| + ε)); for small lr, R' = R + ξ + O(lr²).
+    (The QR retraction would move R at first order if ξ had a normal part; the polar one absorbs it.)"""
     rng = np.random.default_rng(1)
     R = random_stiefel(3, 8, rng)
     grad = rng.standard_normal((3, 8))
     g = project_tangent(R, grad)
     lr = 1e-5
     xi = -lr * project_tangent(R, g / (np.abs(g) + 1e-8))
-    R1, state = riemannian_adam_step(R, grad, None, lr=lr)
+    R1, state = riemannian_adam_step(R, grad, None, lr=lr, retraction=retraction)
     assert np.max(np.abs(R1 - (R + xi))) <= 10 * lr**2
     np.testing.assert_allclose(state["exp_avg_sq"], 0.001 * g * g, rtol=1e-12)
+
+
+@pytest.mark.parametrize("retraction", ["polar", "qr"])
+def test_riemannian_adam_follows_its_formulas_step_by_step(retraction):
+    """Five steps against the algorithm written out again here, line by line:
+        g = P_R(∇) ; m = β1 m + (1 − β1) g ; v = β2 v + (1 − β2) g⊙g
+        ξ = −lr · P_R(m̂ / (√v̂ + ε)) ; R' = retract(R, ξ) ; m ← P_R'(m)"""
+    rng = np.random.default_rng(6)
+    R = random_stiefel(3, 9, rng)
+    b1, b2, eps, lr = 0.8, 0.95, 1e-6, 0.1
+
+    def P(X, G):  # G − sym(G Xᵀ) X
+        S = G @ X.T
+        return G - 0.5 * (S + S.T) @ X
+
+    def retract(X, xi):
+        if retraction == "polar":
+            U, _, Vt = np.linalg.svd(X + xi, full_matrices=False)
+            return U @ Vt
+        Q, T = np.linalg.qr((X + xi).T)
+        return (Q * np.where(np.diag(T) < 0, -1.0, 1.0)).T
+
+    mine, m, v, state = R.copy(), np.zeros_like(R), np.zeros_like(R), None
+    for t in range(1, 6):
+        grad = rng.standard_normal(R.shape)
+        g = P(mine, grad)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        xi = -lr * P(mine, (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps))
+        mine = retract(mine, xi)
+        m = P(mine, m)
+        R, state = riemannian_adam_step(R, grad, state, lr=lr, betas=(b1, b2), eps=eps, retraction=retraction)
+        np.testing.assert_allclose(R, mine, rtol=0, atol=1e-12, err_msg=f"R after step {t}")
+        np.testing.assert_allclose(state["exp_avg"], m, rtol=0, atol=1e-12, err_msg=f"m after step {t}")
+        np.testing.assert_allclose(state["exp_avg_sq"], v, rtol=1e-12, atol=0, err_msg=f"v after step {t}")
+        assert state["step"] == t
 
 
 def test_riemannian_adam_finds_the_top_eigenspace():

@@ -68,7 +68,9 @@ def init(d: int, r: int, rng: np.random.Generator, kind: str = "paper", dtype=np
     """Initial parameters {W1, W2, b} for hidden size d and rank r.
 
     "paper":    W1, b ~ U(−1/√d, 1/√d), as torch.nn.Linear(d, r); W2 random orthonormal
-                rows (pyreft initialises its projection so, without keeping it so).
+                rows. pyreft's DireftIntervention keeps W2 orthonormal by a parametrisation;
+                the paper's DiReFT drops the constraint, and so does this spec: W2 trains
+                under AdamW like W1.
     "identity": W1 = 0, b = 0, W2 random orthonormal, so Φ(h) = h exactly while
                 dW1 = Aᵀ H stays nonzero and training can leave the start.
     """

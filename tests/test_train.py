@@ -93,7 +93,7 @@ def checksum(module) -> str:
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())  # any dtype, bitwise
     return h.hexdigest()
 
 
@@ -274,6 +274,30 @@ def test_base_frozen_unchanged_and_in_eval_mode():
     assert checksum(base) == before, "training changed the base model's weights"
     assert any(not torch.equal(start[n], p) for n, p in params_of(model).items()), "nothing trained"
     assert [m.training for m in model.modules()] == modes, "train() did not restore the modes"
+
+
+def test_prompt_lengths_reach_the_model():
+    """Only prompt tokens are edited: train passes each row's prompt length to the ReftModel."""
+    tok = tiny_tokenizer()
+    model = reft(tiny_llama())
+    seen = []
+    forward = model.forward
+    model.forward = lambda *a, **kw: (seen.append(kw["prompt_lengths"].tolist()), forward(*a, **kw))[1]
+    train(model, tok, PAIRS, batch_size=4, seed=0, **QUIET)
+    want = sorted(len(tok(ex["prompt"])["input_ids"]) for ex in PAIRS)
+    assert len(seen) == 1 and sorted(seen[0]) == want, (seen, want)
+
+
+def test_bf16_base_trains_float32_adapter():
+    tok = tiny_tokenizer()
+    base = tiny_llama(dtype=torch.bfloat16)
+    before = checksum(base)
+    model = reft(base, rank=4, positions="f2+l2")
+    result = train(model, tok, PAIRS, epochs=10, batch_size=4, lr=5e-2, **QUIET)
+    assert all(math.isfinite(x) for x in result.losses)
+    assert result.losses[-1] < result.losses[0], result.losses
+    assert all(p.dtype == torch.float32 for _, p in model.named_trainable_parameters())
+    assert checksum(base) == before
 
 
 def test_unfrozen_base_is_refused():

@@ -13,8 +13,10 @@ however the targets spread over the micro-batches.
 The learning rate follows a linear warmup then a linear decay to 0 (as Hugging Face's
 get_linear_schedule_with_warmup), with K = ⌈warmup_ratio · total_steps⌉:
 
-    lr(t) = lr · t / K                          t < K
-    lr(t) = lr · (total_steps − t) / (total_steps − K)   t >= K        (t = 0, 1, … is the step index)
+    lr(t) = lr · t / K                                  t < K
+    lr(t) = lr · (total_steps − t) / (total_steps − K)   t >= K       (t = 0, 1, … the step index)
+
+so with warmup the first step runs at lr 0 (as in HF; Adam's moments still take its gradient).
 
 The base model stays frozen and in eval mode (no dropout); only the interventions (and
 a classifier's head) train. The optimizer is the spec's: Riemannian Adam on St(r, d) for

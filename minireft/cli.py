@@ -1,4 +1,5 @@
-"""The `minireft` command: `minireft check --backend MODULE`, `minireft train`, `minireft generate`.
+"""The `minireft` command: `minireft check --backend MODULE`, `minireft train`, `minireft generate`,
+`minireft demo`.
 
 Each subcommand is a pair of small functions registered once, in SUBCOMMANDS:
 `_add_<name>(subparsers)` declares its arguments and returns its parser, and
@@ -304,12 +305,66 @@ def _run_generate(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- demo
+
+# minireft.torch.demo.DEFAULTS, repeated so that --help needs no torch (tests/test_demo.py compares them)
+DEMO = {"output": "runs/demo", "n_train": 256, "n_eval": 200, "layers": "14,20", "rank": 4,
+        "positions": "l3", "epochs": 1, "batch_size": 8, "lr": 4e-3}
+
+
+def _add_demo(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "demo",
+        help="train LoReFT on SmolLM2-135M for review sentiment, offline, in minutes on a CPU",
+        description="Load SmolLM2-135M-Instruct (packaged, offline), measure its zero-shot accuracy "
+                    "on held-out Rotten Tomatoes reviews (positive/negative), train a LoReFT adapter "
+                    "on a few hundred reviews, measure again, show a few generations, save the "
+                    "adapter and print a summary table.")
+    p.add_argument("--output", default=DEMO["output"], metavar="DIR",
+                   help=f"the adapter folder to write (default {DEMO['output']})")
+    p.add_argument("--n-train", type=int, default=DEMO["n_train"], help="training reviews")
+    p.add_argument("--n-eval", type=int, default=DEMO["n_eval"], help="held-out reviews")
+    p.add_argument("--layers", type=_layer_list, default=_layer_list(DEMO["layers"]), metavar="L",
+                   help=f"0-based blocks, e.g. 14,20 (default {DEMO['layers']})")
+    p.add_argument("--rank", type=int, default=DEMO["rank"])
+    p.add_argument("--positions", default=DEMO["positions"], help=f"default {DEMO['positions']}")
+    p.add_argument("--epochs", type=int, default=DEMO["epochs"])
+    p.add_argument("--batch-size", type=int, default=DEMO["batch_size"])
+    p.add_argument("--lr", type=float, default=DEMO["lr"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _run_demo(args) -> int:
+    from minireft.torch.demo import run_demo
+
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    try:
+        _check_output(args.output)
+        run_demo(args.output, n_train=args.n_train, n_eval=args.n_eval, seed=args.seed,
+                 layers=args.layers, rank=args.rank, positions=args.positions, epochs=args.epochs,
+                 batch_size=args.batch_size, lr=args.lr, threads=args.threads, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("minireft demo: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError, FloatingPointError) as exc:
+        print(f"minireft demo: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 # ---------------------------------------------------------------------------- registry
 
 SUBCOMMANDS = {
     "check": (_add_check, _run_check),
     "train": (_add_train, _run_train),
     "generate": (_add_generate, _run_generate),
+    "demo": (_add_demo, _run_demo),
 }
 
 

@@ -10,12 +10,12 @@ PyTorch mirror lives in `minireft.torch`.
 __version__ = "0.1.0"
 SPEC_VERSION = "1.0"
 
-from minireft import direft, io, loreft, optim, positions, stiefel  # noqa: E402
-from minireft.config import ReftConfig  # noqa: E402
+from minireft import direft, io, loreft, optim, positions, stiefel
+from minireft.config import ReftConfig
 
 __all__ = [
-    "ReftConfig",
     "SPEC_VERSION",
+    "ReftConfig",
     "__version__",
     "direft",
     "io",

@@ -105,7 +105,7 @@ class ReftConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ReftConfig":
+    def from_dict(cls, data: dict) -> ReftConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -116,5 +116,5 @@ class ReftConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ReftConfig":
+    def from_json(cls, text: str) -> ReftConfig:
         return cls.from_dict(json.loads(text))

@@ -79,13 +79,25 @@ def check_params(config: ReftConfig, params: dict, hidden_size: int | None = Non
     return hidden_size
 
 
-def save_adapter(path, config: ReftConfig, params: dict, *, base_model: str | None = None) -> Path:
-    """Write the adapter folder `path` atomically; replace an existing adapter there."""
+def save_adapter(path, config: ReftConfig, params: dict, *, base_model: str | None = None,
+                 extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write the adapter folder `path` atomically; replace an existing adapter there.
+
+    extra_files: {file name: bytes} written into the same folder inside the same atomic
+    swap (a classification head, say), so the folder is never seen without them.
+    """
     path = Path(path)
     hidden_size = check_params(config, params)
-    if path.exists() and not (path / CONFIG_FILE).is_file():
-        if path.is_file() or any(path.iterdir()):
-            raise FileExistsError(f"{path} exists and is not an adapter folder; choose another path")
+    extra_files = dict(extra_files or {})
+    for name, data in extra_files.items():
+        if name in (CONFIG_FILE, WEIGHTS_FILE) or Path(name).name != name or name.startswith("."):
+            raise ValueError(f"extra_files name {name!r} must be a plain file name other than "
+                             f"{CONFIG_FILE} and {WEIGHTS_FILE}")
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"extra_files[{name!r}] must be bytes, got {type(data).__name__}")
+    not_adapter = path.exists() and not (path / CONFIG_FILE).is_file()
+    if not_adapter and (path.is_file() or any(path.iterdir())):
+        raise FileExistsError(f"{path} exists and is not an adapter folder; choose another path")
     minireft_version, spec_version = _versions()
     meta = config.to_dict() | {
         "hidden_size": hidden_size,
@@ -100,7 +112,9 @@ def save_adapter(path, config: ReftConfig, params: dict, *, base_model: str | No
         tensors = {k: np.ascontiguousarray(params[k]) for k in sorted(params)}
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"spec_version": spec_version})
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        for f in (WEIGHTS_FILE, CONFIG_FILE):
+        for name, data in extra_files.items():
+            (tmp / name).write_bytes(data)
+        for f in (WEIGHTS_FILE, CONFIG_FILE, *extra_files):
             with open(tmp / f, "rb") as fh:
                 os.fsync(fh.fileno())
         _swap_in(tmp, path)

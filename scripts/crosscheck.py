@@ -51,7 +51,7 @@ class Table:
 
 
 def check_functions(table: Table, dtype: str, trials: int, rng: np.random.Generator):
-    npd, td = DTYPES[dtype]
+    npd, _td = DTYPES[dtype]
     tol = TOL[dtype]
     for kind in ("loreft", "direft"):
         spec, mirror = getattr(minireft, kind), getattr(mt, kind)

@@ -278,3 +278,18 @@ def test_refuses_to_overwrite_something_that_is_not_an_adapter(tmp_path):
     (tmp_path / "empty").mkdir()
     save_adapter(tmp_path / "empty", CONFIG, make(CONFIG))  # an empty folder is fine
     load_adapter(tmp_path / "empty")
+
+
+def test_extra_files_land_in_the_same_atomic_write(tmp_path):
+    config = ReftConfig(layers=[0], rank=2, positions="l1")
+    path = save_adapter(tmp_path / "a", config, make(config), extra_files={"head.bin": b"\x01\x02"})
+    assert (path / "head.bin").read_bytes() == b"\x01\x02"
+    load_adapter(path)  # extra files do not disturb loading
+
+
+@pytest.mark.parametrize("name", [CONFIG_FILE, WEIGHTS_FILE, "../escape", "sub/file", ".hidden"])
+def test_extra_files_refuse_names_that_clash_or_escape(tmp_path, name):
+    config = ReftConfig(layers=[0], rank=2, positions="l1")
+    with pytest.raises(ValueError, match="plain file name"):
+        save_adapter(tmp_path / "a", config, make(config), extra_files={name: b""})
+    assert not (tmp_path / "a").exists()

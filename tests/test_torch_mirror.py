@@ -5,8 +5,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import minireft  # noqa: E402
-import minireft.torch as mt  # noqa: E402
+import minireft
+import minireft.torch as mt
 
 RTOL64 = 1e-12
 

@@ -41,5 +41,18 @@ def __getattr__(name):
     raise AttributeError(f"module 'minireft.torch' has no attribute {name!r}")
 
 
-__all__ = ["Intervention", "ReftOptimizer", "attach", "ReftModel", "train", "load_model",
-           "direft", "loreft", "optim", "positions", "stiefel", "to_backend", "to_numpy"]
+__all__ = [
+    "Intervention",
+    "ReftModel",
+    "ReftOptimizer",
+    "attach",
+    "direft",
+    "load_model",
+    "loreft",
+    "optim",
+    "positions",
+    "stiefel",
+    "to_backend",
+    "to_numpy",
+    "train",
+]

@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 HEAD_FILE = "head.safetensors"
@@ -99,14 +99,13 @@ class ReftClassifier(nn.Module):
 
     def save_pretrained(self, path) -> Path:
         """The adapter (ReftModel.save_pretrained) plus head.safetensors and classifier_config.json."""
-        path = Path(path)
-        self.reft_model.save_pretrained(path)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
-        save_file(tensors, str(path / HEAD_FILE))
         meta = {"num_labels": self.num_labels, "pooling": self.pooling,
                 "hidden_size": self.hidden_size, "labels": self.labels}
-        (path / HEAD_CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        return path
+        # One atomic write: the folder is never seen with an adapter but without its head.
+        extra = {HEAD_FILE: save(tensors),
+                 HEAD_CONFIG_FILE: (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()}
+        return self.reft_model.save_pretrained(Path(path), extra_files=extra)
 
     @classmethod
     def from_pretrained(cls, model, path) -> ReftClassifier:

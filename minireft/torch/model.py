@@ -454,9 +454,11 @@ class ReftModel(nn.Module):
             self.model, "name_or_path", None)
         return str(name) if name else None
 
-    def save_pretrained(self, path):
-        """Write the adapter folder (reft_config.json + reft_model.safetensors) atomically."""
-        return io.save_adapter(path, self.config, self.adapter_state(), base_model=self._base_model_name())
+    def save_pretrained(self, path, *, extra_files: dict[str, bytes] | None = None):
+        """Write the adapter folder (reft_config.json + reft_model.safetensors, and any
+        extra_files {name: bytes}) atomically."""
+        return io.save_adapter(path, self.config, self.adapter_state(), base_model=self._base_model_name(),
+                               extra_files=extra_files)
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, path, *, module_path: str | None = None) -> ReftModel:

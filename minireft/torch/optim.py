@@ -91,8 +91,8 @@ class ReftOptimizer(torch.optim.Optimizer):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         if retraction not in RETRACTIONS:
             raise ValueError(f"retraction must be one of {sorted(RETRACTIONS)}, got {retraction!r}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        manifold=None, retraction=retraction)
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
+                        "manifold": None, "retraction": retraction}
         super().__init__(params, defaults)
         for group in self.param_groups:
             if group["manifold"] not in (None, "stiefel"):
@@ -131,7 +131,7 @@ class ReftOptimizer(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 state = self.state[p] or None
-                kwargs = dict(lr=group["lr"], betas=group["betas"], eps=group["eps"])
+                kwargs = {"lr": group["lr"], "betas": group["betas"], "eps": group["eps"]}
                 if group["manifold"] == "stiefel":
                     new_p, new_state = riemannian_adam_step(
                         p, p.grad, state, retraction=group["retraction"], **kwargs)

@@ -328,3 +328,18 @@ def test_cuda_bf16_model(name):
     losses = tiny.train_steps(reft, ids, mask, steps=2)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert all(orthonormality_error(p.detach()) <= 1e-5 for k, p in reft.named_trainable_parameters() if k.endswith(".R"))
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "qwen2"])
+def test_left_padding_needs_no_position_ids_from_the_caller(name):
+    """ReftModel.forward counts real tokens for decoder position ids itself, as generate() does."""
+    model, info = tiny.build(name)
+    reft = attach(model, ReftConfig(layers=[0, 2], rank=3, positions="f2+l2"))
+    ids, mask = tiny.random_ids(LENGTHS, side="left", seed=5)
+    with torch.no_grad():
+        batch = reft(input_ids=ids, attention_mask=mask).logits
+        for b in range(len(LENGTHS)):
+            row_ids, row_mask = tiny.row_alone(ids, mask, b)
+            alone = reft(input_ids=row_ids, attention_mask=row_mask).logits[0]
+            diff = (batch[b][mask[b].bool()] - alone).abs().max().item()
+            assert diff <= 1e-5, f"{name} left-padded row {b} differs from alone by {diff:.3e}"

@@ -28,6 +28,7 @@ position 0 (no cached past) is a prefill and is edited; a call that continues a 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import weakref
 from collections.abc import Iterator
 
@@ -281,6 +282,18 @@ def _hidden(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output[0]
 
 
+def _counts_positions_itself(model: nn.Module, kwargs: dict) -> bool:
+    """True for a decoder-only model whose forward takes position_ids, called without a cache:
+    such a model numbers positions 0..L−1 whatever the padding, so left padding would shift
+    a row's positions unless we count real tokens, as HF generate() does."""
+    if getattr(model.config, "is_encoder_decoder", False) or kwargs.get("past_key_values") is not None:
+        return False
+    can_generate = getattr(model, "can_generate", None)
+    if can_generate is None or not can_generate():
+        return False
+    return "position_ids" in inspect.signature(model.forward).parameters
+
+
 # ----------------------------------------------------------------------------- ReftModel
 
 
@@ -389,7 +402,9 @@ class ReftModel(nn.Module):
         prompt_lengths (B,): real prompt tokens per row (default attention_mask.sum(1)); positions
         after the prompt are never edited. Other kwargs (labels, position_ids, ...) pass through.
         With left padding, decoder-only models need position_ids counting real tokens
-        ((mask.cumsum(-1) − 1).clamp(min=0)) for a row's logits not to depend on its padding.
+        ((mask.cumsum(-1) − 1).clamp(min=0)) for a row's logits not to depend on its padding;
+        for decoder-only models whose forward takes position_ids, they are filled in so when not
+        given (as generate() does), so a row's result is the same alone or padded on either side.
         """
         self._check_attached()
         self._check_checkpointing()
@@ -399,6 +414,8 @@ class ReftModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
         self._plan_source = _Plan.from_mask(attention_mask, prompt_lengths, self.config)
+        if "position_ids" not in model_kwargs and _counts_positions_itself(self.model, model_kwargs):
+            model_kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         try:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **model_kwargs)
         finally:

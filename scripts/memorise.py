@@ -6,15 +6,28 @@ generation from that prompt reproduces a fixed passage token for token. The adap
 2·d + 1 = 1153 numbers; the passage is real text (Thoreau, *Walden*, 1854, public domain).
 
 For each passage length n (tokens, a prefix of the passage) the script trains a fresh
-adapter for at most --max-steps steps at a constant learning rate, and after every step
-checks recall for free from the training forward itself: under teacher forcing the argmax
-at every completion position equals the passage token. When that holds, greedy generation
-(KV cache, edit at prefill only) is run to confirm the exact recall. It prints a table of
-length, steps, seconds and the recall (the longest exactly reproduced prefix), then the
-longest passage recalled exactly.
+adapter for at most --max-steps steps (Adam / Riemannian Adam, constant lr unless --decay)
+and after every step checks recall for free from the training forward itself: under teacher
+forcing the argmax at every passage position equals the passage token. When that holds,
+greedy generation (KV cache, edit at prefill only) confirms the exact recall. It prints a
+table of length, steps, seconds, greedy recall (the longest exactly reproduced prefix) and
+teacher-forced token accuracy, then the longest passage recalled exactly.
 
-    python scripts/memorise.py                      # lengths 32 64 128 256, layer 10
+    python scripts/memorise.py                      # lengths 32 64 128 256, layer 10, lr 1e-2
     python scripts/memorise.py --lengths 64 --layer 8 --lr 1e-2 --max-steps 300
+
+Measured on 2 CPU cores of a mostly idle machine (torch 2.13, 2 threads), the defaults:
+
+    tokens  steps  seconds  s/step  recalled  base  exact
+        32     40      9.3   0.232        32     0  yes
+        64     55     17.3   0.315        64     0  yes
+       128    361    176.3   0.488       128     0  yes
+       256    600    565.6   0.943         5     0  no
+
+so the longest passage recalled exactly is 128 tokens (in ~3 minutes); the whole run takes
+~13 minutes, most of it the 256-token attempt. For 256 tokens, 400 steps with --decay
+reached a teacher-forced token accuracy of 0.72 (greedy recall 10/256), and layer 4
+learned more slowly than layer 10.
 
 `memorise(...)` is also what tests/test_real_model.py calls for its 64-token check.
 """

@@ -106,17 +106,31 @@ def memorise(model, tokenizer, n_tokens: int = 64, *, layer: int = LAYER, lr: fl
              max_steps: int = 400, decay: bool = False, seed: int = 0, log_every: int = 0) -> dict:
     """Train a fresh rank-1 adapter on (PROMPT → first n_tokens of PASSAGE) until the
     teacher-forced argmax reproduces every passage token, then confirm with greedy generation.
+    The learning rate is constant, or with `decay` falls linearly from lr to 0 over max_steps.
 
-    Returns {"n_tokens", "steps", "seconds", "teacher_forced_exact", "recalled" (tokens of
-    greedy generation matching the passage), "exact", "base_recalled", "reft_model"}; the
-    ReftModel stays attached (call .detach() to get the base model back).
+    Returns {"n_tokens", "steps", "seconds", "teacher_forced_exact", "token_accuracy" (the best
+    fraction of passage tokens that were the teacher-forced argmax), "recalled" (leading tokens
+    of greedy generation matching the passage), "exact", "base_recalled", "reft_model"}; the
+    ReftModel stays attached (call .detach() to get the base model back); on an error it is
+    detached before the error propagates.
     """
     from minireft.torch.model import attach
-    from minireft.torch.optim import ReftOptimizer
 
     prompt, target = prompt_ids(tokenizer), passage_ids(tokenizer, n_tokens)
     base_recalled = recalled_prefix(greedy(model, prompt, len(target)), target)
     reft = attach(model, memorisation_config(layer), seed=seed)
+    try:
+        result = _train(reft, prompt, target, lr=lr, max_steps=max_steps, decay=decay, log_every=log_every)
+        return result | {"base_recalled": base_recalled, "reft_model": reft}
+    except BaseException:
+        reft.detach()
+        raise
+
+
+def _train(reft, prompt: list[int], target: list[int], *, lr, max_steps, decay, log_every) -> dict:
+    """The loop of `memorise`: full-batch steps on the one example until teacher-forced recall is exact."""
+    from minireft.torch.optim import ReftOptimizer
+
     optimizer = ReftOptimizer.for_named_parameters(reft.named_trainable_parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, (lambda t: max(0.0, 1 - t / max_steps)) if decay else (lambda t: 1.0))
@@ -142,14 +156,13 @@ def memorise(model, tokenizer, n_tokens: int = 64, *, layer: int = LAYER, lr: fl
         schedule.step()
         steps += 1
         if log_every and steps % log_every == 0:
-            print(f"  n={n_tokens} step {steps} loss {loss.item():.4f} teacher-forced token accuracy "
+            print(f"  n={len(target)} step {steps} loss {loss.item():.4f} teacher-forced token accuracy "
                   f"{float(right.float().mean()):.3f}", flush=True)
     seconds = time.perf_counter() - start
     reft.eval()
     recalled = recalled_prefix(greedy(reft, prompt, len(target)), target)
     return {"n_tokens": len(target), "steps": steps, "seconds": seconds, "teacher_forced_exact": exact,
-            "token_accuracy": token_accuracy, "recalled": recalled, "exact": recalled == len(target), "base_recalled": base_recalled,
-            "reft_model": reft}
+            "token_accuracy": token_accuracy, "recalled": recalled, "exact": recalled == len(target)}
 
 
 def main(argv=None) -> int:

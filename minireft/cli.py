@@ -207,7 +207,7 @@ def _run_train(args) -> int:
     import time
     from pathlib import Path
 
-    import minireft.torch.train as training
+    from minireft.torch import training
 
     started = time.time()
     try:
@@ -286,7 +286,7 @@ def _run_generate(args) -> int:
 
     from minireft.torch.classify import HEAD_FILE
     from minireft.torch.model import ReftModel
-    from minireft.torch.train import generate_text
+    from minireft.torch.training import generate_text
 
     chat = args.chat_template if args.chat_template is not None else _trained_with_chat_template(args.adapter)
     try:

@@ -79,7 +79,7 @@ def make_batch(tokenizer, n: int, seed: int = 0) -> dict:
 
 
 def loss_of(reft, batch) -> torch.Tensor:
-    from minireft.torch.train import lm_loss_sum
+    from minireft.torch.training import lm_loss_sum
 
     out = reft(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                prompt_lengths=batch["prompt_lengths"], position_ids=batch["position_ids"], use_cache=False)

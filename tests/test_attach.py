@@ -333,7 +333,7 @@ def test_cuda_bf16_model(name):
 @pytest.mark.parametrize("name", ["llama", "gpt2", "qwen2"])
 def test_left_padding_needs_no_position_ids_from_the_caller(name):
     """ReftModel.forward counts real tokens for decoder position ids itself, as generate() does."""
-    model, info = tiny.build(name)
+    model, _info = tiny.build(name)
     reft = attach(model, ReftConfig(layers=[0, 2], rank=3, positions="f2+l2"))
     ids, mask = tiny.random_ids(LENGTHS, side="left", seed=5)
     with torch.no_grad():

@@ -108,7 +108,7 @@ PREFIX = "ANSWER:"
 
 
 def _greedy(model, tokenizer, prompts, max_new_tokens):
-    from minireft.torch.train import generate_text
+    from minireft.torch.training import generate_text
 
     return [generate_text(model, tokenizer, p, chat_template=True, max_new_tokens=max_new_tokens).strip()
             for p in prompts]
@@ -116,7 +116,7 @@ def _greedy(model, tokenizer, prompts, max_new_tokens):
 
 def test_loreft_teaches_an_answer_format_the_base_model_lacks(smollm2):
     from minireft.torch.model import attach
-    from minireft.torch.train import train
+    from minireft.torch.training import train
 
     model, tokenizer = smollm2
     train_examples = [{"prompt": q, "completion": f"{PREFIX} {a}"} for q, a in QUESTIONS[:N_TRAIN]]

@@ -17,10 +17,10 @@ transformers = pytest.importorskip("transformers")
 
 from minireft import ReftConfig
 from minireft.torch import attach
-from minireft.torch import train as train_mod
+from minireft.torch import training as train_mod
 from minireft.torch.classify import ReftClassifier
 from minireft.torch.data import IGNORE_INDEX, collate, encode_example, encode_examples
-from minireft.torch.train import evaluate, generate_text, linear_schedule, lm_loss_sum, train
+from minireft.torch.training import evaluate, generate_text, linear_schedule, lm_loss_sum, train
 
 CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }} {% endfor %}"
                  "{% if add_generation_prompt %}assistant:{% endif %}")

@@ -18,7 +18,7 @@ from minireft.torch.optim import ReftOptimizer
 _LAZY = {
     "attach": "minireft.torch.model",
     "ReftModel": "minireft.torch.model",
-    "train": "minireft.torch.train",
+    "train": "minireft.torch.training",
     "load_model": "minireft.torch.hub",
 }
 

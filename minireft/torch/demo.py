@@ -104,7 +104,7 @@ def label_accuracy(model, tokenizer, examples, *, words=LABEL_WORDS, batch_size:
 
 
 def _generations(model, tokenizer, examples, max_new_tokens: int) -> list[str]:
-    from minireft.torch.train import generate_text
+    from minireft.torch.training import generate_text
 
     return [generate_text(model, tokenizer, ex["prompt"], chat_template=True, max_new_tokens=max_new_tokens)
             .strip() for ex in examples]
@@ -129,7 +129,7 @@ def run_demo(output_dir=DEFAULT_OUTPUT_DIR, *, n_train: int = DEFAULTS["n_train"
     `threads`: torch.set_num_threads (None leaves torch's setting). `log`: where lines go.
     """
     from minireft.torch.model import attach
-    from minireft.torch.train import train
+    from minireft.torch.training import train
 
     wall_start, cpu_start = time.perf_counter(), time.process_time()
     if threads is not None:

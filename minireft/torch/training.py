@@ -29,7 +29,6 @@ import math
 import random
 import sys
 import time
-import types
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -434,18 +433,3 @@ def generate_text(model, tokenizer, prompt: str, *, chat_template: bool = False,
         kwargs |= {"temperature": temperature, "top_k": 0, "top_p": 1.0}
     out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)  # (1, n + new)
     return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
-
-
-# ---------------------------------------------------------------------------- minireft.torch.train(...)
-
-
-class _CallableModule(types.ModuleType):
-    """Importing this module sets the package attribute `minireft.torch.train` to the module,
-    shadowing the package's lazy `train` function; so the module itself calls `train`, and
-    `minireft.torch.train(model, tokenizer, examples)` works whichever was imported first."""
-
-    def __call__(self, *args, **kwargs) -> TrainResult:
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -42,3 +42,12 @@ def test_public_names():
         for name in names:
             assert callable(getattr(getattr(minireft, module), name)), f"minireft.{module}.{name}"
     assert isinstance(minireft.ReftConfig, type)
+
+
+def test_python_dash_m_minireft_runs_the_command():
+    import minireft
+
+    out = subprocess.run([sys.executable, "-m", "minireft", "--version"], check=False,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert minireft.__version__ in out.stdout

@@ -16,27 +16,12 @@ from minireft.stiefel import random_stiefel
 PARAMS = ("W1", "W2", "b")
 
 
-def _validate(h, W1, W2, b) -> tuple[int, int]:
-    h = _check.array("h", h, min_ndim=1)
-    W1 = _check.array("W1", W1, ndim=2)
-    W2 = _check.array("W2", W2, ndim=2)
-    b = _check.array("b", b, ndim=1)
-    _check.same_dtype(h=h, W1=W1, W2=W2, b=b)
-    r, d = _check.low_rank("W1", W1)
-    _check.shape("W2", W2, (r, d))
-    _check.shape("b", b, (r,))
-    _check.hidden("h", h, d)
-    for name, p in (("W1", W1), ("W2", W2), ("b", b)):
-        _check.finite(name, p)
-    return r, d
-
-
 def forward(h: np.ndarray, W1: np.ndarray, W2: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Φ(h) = h + W2ᵀ(W1 h + b).
 
     h: (..., d); W1, W2: (r, d); b: (r,). Returns (..., d), same dtype as h.
     """
-    _, d = _validate(h, W1, W2, b)
+    d = _check.intervention(h, W1=W1, W2=W2, b=b)
     H = h.reshape(-1, d)  # (N, d)
     return (H + (H @ W1.T + b) @ W2).reshape(h.shape)
 
@@ -49,7 +34,7 @@ def vjp(h, W1, W2, b, dout):
 
         dh = G + A W1     dW1 = Aᵀ H     dW2 = Zᵀ G     db = Σ_rows A
     """
-    _, d = _validate(h, W1, W2, b)
+    d = _check.intervention(h, W1=W1, W2=W2, b=b)
     dout = _check.array("dout", dout)
     _check.same_dtype(h=h, dout=dout)
     _check.shape("dout", dout, h.shape)

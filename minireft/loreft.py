@@ -20,27 +20,12 @@ from minireft.stiefel import random_stiefel
 PARAMS = ("R", "W", "b")
 
 
-def _validate(h, R, W, b) -> tuple[int, int]:
-    h = _check.array("h", h, min_ndim=1)
-    R = _check.array("R", R, ndim=2)
-    W = _check.array("W", W, ndim=2)
-    b = _check.array("b", b, ndim=1)
-    _check.same_dtype(h=h, R=R, W=W, b=b)
-    r, d = _check.low_rank("R", R)
-    _check.shape("W", W, (r, d))
-    _check.shape("b", b, (r,))
-    _check.hidden("h", h, d)
-    for name, p in (("R", R), ("W", W), ("b", b)):
-        _check.finite(name, p)
-    return r, d
-
-
 def forward(h: np.ndarray, R: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Φ(h) = h + Rᵀ(W h + b − R h).
 
     h: (..., d); R, W: (r, d); b: (r,). Returns (..., d), same dtype as h.
     """
-    _, d = _validate(h, R, W, b)
+    d = _check.intervention(h, R=R, W=W, b=b)
     H = h.reshape(-1, d)  # (N, d)
     delta = H @ W.T + b - H @ R.T  # (N, r)
     return (H + delta @ R).reshape(h.shape)
@@ -55,7 +40,7 @@ def vjp(h, R, W, b, dout):
         dh = G + A (W − R)        dW = Aᵀ H
         db = Σ_rows A             dR = Δᵀ G − Aᵀ H
     """
-    _, d = _validate(h, R, W, b)
+    d = _check.intervention(h, R=R, W=W, b=b)
     dout = _check.array("dout", dout)
     _check.same_dtype(h=h, dout=dout)
     _check.shape("dout", dout, h.shape)

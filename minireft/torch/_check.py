@@ -46,3 +46,19 @@ def low_rank(name: str, R: torch.Tensor) -> tuple[int, int]:
 def hidden(name: str, h: torch.Tensor, d: int) -> None:
     if h.shape[-1] != d:
         raise ValueError(f"{name} must have shape (..., {d}) to match the hidden size, got {tuple(h.shape)}")
+
+
+def intervention(h, **params) -> int:
+    """Check h (..., d) against an intervention's parameters, given in order as two (r, d)
+    matrices then b (r,) (LoReFT R, W, b; DiReFT W1, W2, b), one dtype. Return d."""
+    (name_a, a), (name_b, b_mat), (name_bias, bias) = params.items()
+    tensor("h", h, min_ndim=1)
+    tensor(name_a, a, ndim=2)
+    tensor(name_b, b_mat, ndim=2)
+    tensor(name_bias, bias, ndim=1)
+    same_dtype(h=h, **params)
+    r, d = low_rank(name_a, a)
+    shape(name_b, b_mat, (r, d))
+    shape(name_bias, bias, (r,))
+    hidden("h", h, d)
+    return d

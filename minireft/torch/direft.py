@@ -7,27 +7,15 @@ import math
 import torch
 
 from minireft.torch import _check
+from minireft.torch._autograd import analytic_function
 from minireft.torch.stiefel import random_stiefel
 
 PARAMS = ("W1", "W2", "b")
 
 
-def _validate(h, W1, W2, b) -> int:
-    _check.tensor("h", h, min_ndim=1)
-    _check.tensor("W1", W1, ndim=2)
-    _check.tensor("W2", W2, ndim=2)
-    _check.tensor("b", b, ndim=1)
-    _check.same_dtype(h=h, W1=W1, W2=W2, b=b)
-    r, d = _check.low_rank("W1", W1)
-    _check.shape("W2", W2, (r, d))
-    _check.shape("b", b, (r,))
-    _check.hidden("h", h, d)
-    return d
-
-
 def forward(h, W1, W2, b):
     """Φ(h) = h + W2ᵀ(W1 h + b). h: (..., d); W1, W2: (r, d); b: (r,)."""
-    d = _validate(h, W1, W2, b)
+    d = _check.intervention(h, W1=W1, W2=W2, b=b)
     H = h.reshape(-1, d)  # (N, d)
     return (H + (H @ W1.T + b) @ W2).reshape(h.shape)
 
@@ -37,7 +25,7 @@ def vjp(h, W1, W2, b, dout):
 
     dh = G + A W1;  dW1 = Aᵀ H;  dW2 = Zᵀ G;  db = Σ_rows A.
     """
-    d = _validate(h, W1, W2, b)
+    d = _check.intervention(h, W1=W1, W2=W2, b=b)
     _check.tensor("dout", dout)
     _check.same_dtype(h=h, dout=dout)
     _check.shape("dout", dout, h.shape)
@@ -52,18 +40,7 @@ def vjp(h, W1, W2, b, dout):
     return dh.reshape(h.shape), dW1, dW2, db
 
 
-class DiReFTFunction(torch.autograd.Function):
-    """Φ as an autograd node whose backward is the spec's analytic `vjp`."""
-
-    @staticmethod
-    def forward(ctx, h, W1, W2, b):
-        ctx.save_for_backward(h, W1, W2, b)
-        return forward(h, W1, W2, b)
-
-    @staticmethod
-    def backward(ctx, dout):
-        h, W1, W2, b = ctx.saved_tensors
-        return vjp(h, W1, W2, b, dout.contiguous())
+DiReFTFunction = analytic_function("DiReFTFunction", forward, vjp)
 
 
 def apply(h, W1, W2, b):

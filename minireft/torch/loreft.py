@@ -11,27 +11,15 @@ import math
 import torch
 
 from minireft.torch import _check
+from minireft.torch._autograd import analytic_function
 from minireft.torch.stiefel import random_stiefel
 
 PARAMS = ("R", "W", "b")
 
 
-def _validate(h, R, W, b) -> int:
-    _check.tensor("h", h, min_ndim=1)
-    _check.tensor("R", R, ndim=2)
-    _check.tensor("W", W, ndim=2)
-    _check.tensor("b", b, ndim=1)
-    _check.same_dtype(h=h, R=R, W=W, b=b)
-    r, d = _check.low_rank("R", R)
-    _check.shape("W", W, (r, d))
-    _check.shape("b", b, (r,))
-    _check.hidden("h", h, d)
-    return d
-
-
 def forward(h, R, W, b):
     """Φ(h) = h + Rᵀ(W h + b − R h). h: (..., d); R, W: (r, d); b: (r,)."""
-    d = _validate(h, R, W, b)
+    d = _check.intervention(h, R=R, W=W, b=b)
     H = h.reshape(-1, d)  # (N, d)
     delta = H @ W.T + b - H @ R.T  # (N, r)
     return (H + delta @ R).reshape(h.shape)
@@ -42,7 +30,7 @@ def vjp(h, R, W, b, dout):
 
     dh = G + A (W − R);  dW = Aᵀ H;  db = Σ_rows A;  dR = Δᵀ G − Aᵀ H.
     """
-    d = _validate(h, R, W, b)
+    d = _check.intervention(h, R=R, W=W, b=b)
     _check.tensor("dout", dout)
     _check.same_dtype(h=h, dout=dout)
     _check.shape("dout", dout, h.shape)
@@ -57,18 +45,7 @@ def vjp(h, R, W, b, dout):
     return dh.reshape(h.shape), dR, dW, db
 
 
-class LoReFTFunction(torch.autograd.Function):
-    """Φ as an autograd node whose backward is the spec's analytic `vjp`."""
-
-    @staticmethod
-    def forward(ctx, h, R, W, b):
-        ctx.save_for_backward(h, R, W, b)
-        return forward(h, R, W, b)
-
-    @staticmethod
-    def backward(ctx, dout):
-        h, R, W, b = ctx.saved_tensors
-        return vjp(h, R, W, b, dout.contiguous())
+LoReFTFunction = analytic_function("LoReFTFunction", forward, vjp)
 
 
 def apply(h, R, W, b):

@@ -282,11 +282,11 @@ def _hidden(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output[0]
 
 
-def _counts_positions_itself(model: nn.Module, kwargs: dict) -> bool:
-    """True for a decoder-only model whose forward takes position_ids, called without a cache:
-    such a model numbers positions 0..L−1 whatever the padding, so left padding would shift
-    a row's positions unless we count real tokens, as HF generate() does."""
-    if getattr(model.config, "is_encoder_decoder", False) or kwargs.get("past_key_values") is not None:
+def _counts_positions_itself(model: nn.Module) -> bool:
+    """True for a decoder-only model whose forward takes position_ids: called without them
+    (and without a cache) it numbers positions 0..L−1 whatever the padding, so left padding
+    would shift a row's positions unless we count real tokens, as HF generate() does."""
+    if getattr(model.config, "is_encoder_decoder", False):
         return False
     can_generate = getattr(model, "can_generate", None)
     if can_generate is None or not can_generate():
@@ -327,6 +327,7 @@ class ReftModel(nn.Module):
         self._plan_source: _Plan | None = None  # the prompt batch of the current forward/generate
         self._plan: _Plan | None = None  # the plan of the base-model call running now
         self._num_edits = 0  # block outputs edited so far (tests count prefill vs decode)
+        self._fill_position_ids = _counts_positions_itself(model)  # a property of the model: decided once
         self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
         self._was_training = model.training
         model.requires_grad_(False)
@@ -414,7 +415,8 @@ class ReftModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
         self._plan_source = _Plan.from_mask(attention_mask, prompt_lengths, self.config)
-        if "position_ids" not in model_kwargs and _counts_positions_itself(self.model, model_kwargs):
+        if (self._fill_position_ids and "position_ids" not in model_kwargs
+                and model_kwargs.get("past_key_values") is None):
             model_kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         try:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **model_kwargs)

@@ -281,3 +281,21 @@ def jacobian_fd(f, args: dict, name: str, eps: float = 1e-3) -> np.ndarray:
         e = e.reshape(x.shape)
         cols.append(((f(**(args | {name: x + e})) - f(**(args | {name: x - e}))) / (2 * eps)).ravel())
     return np.stack(cols, axis=1)
+
+
+def assert_vjp_is_the_jacobian(spec, r: int, d: int, lead: tuple, rtol: float) -> None:
+    """spec.vjp with dout = e_k is row k of the Jacobian, for every k and every argument,
+    compared with the full central-difference Jacobian (spec: minireft.loreft or .direft)."""
+    rng = np.random.default_rng(r * 100 + d)
+    p = spec.init(d, r, rng, dtype=np.float64)
+    h = rng.standard_normal((*lead, d))
+    args = {"h": h, **p}
+    for i, name in enumerate(("h", *spec.PARAMS)):
+        J = jacobian_fd(spec.forward, args, name)  # (h.size, x.size)
+        rows = []
+        for k in range(h.size):
+            e = np.zeros(h.size)
+            e[k] = 1.0
+            rows.append(spec.vjp(h, *(p[n] for n in spec.PARAMS), e.reshape(h.shape))[i].ravel())
+        assert_close(np.stack(rows), J, atol=rtol * max(1.0, np.max(np.abs(J))),
+                     what=f"Jacobian wrt {name}", case=(r, d, lead))

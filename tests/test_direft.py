@@ -13,9 +13,9 @@ from hypothesis import given
 from strategies import (
     EDGE_CASES,
     assert_close,
+    assert_vjp_is_the_jacobian,
     cases,
     directional_fd_errors,
-    jacobian_fd,
     unit_roundoff,
     with_edges,
 )
@@ -89,19 +89,7 @@ def test_vjp_matches_central_differences(case):
 
 @pytest.mark.parametrize("r, d, lead", [(1, 1, ()), (1, 3, (2,)), (2, 3, (2,)), (3, 3, (1, 2)), (2, 5, (2, 2))])
 def test_vjp_equals_the_full_finite_difference_jacobian(r, d, lead):
-    rng = np.random.default_rng(r * 100 + d)
-    p = direft.init(d, r, rng, dtype=np.float64)
-    h = rng.standard_normal((*lead, d))
-    args = {"h": h, **p}
-    for i, name in enumerate(("h", "W1", "W2", "b")):
-        J = jacobian_fd(direft.forward, args, name)  # (h.size, x.size)
-        rows = []
-        for k in range(h.size):
-            e = np.zeros(h.size)
-            e[k] = 1.0
-            rows.append(direft.vjp(h, p["W1"], p["W2"], p["b"], e.reshape(h.shape))[i].ravel())
-        assert_close(np.stack(rows), J, atol=FD_RTOL * max(1.0, np.max(np.abs(J))),
-                     what=f"Jacobian wrt {name}", case=(r, d, lead))
+    assert_vjp_is_the_jacobian(direft, r, d, lead, FD_RTOL)
 
 
 def test_finite_difference_check_catches_a_dW2_without_the_bias():

@@ -24,9 +24,9 @@ from hypothesis import given
 from strategies import (
     EDGE_CASES,
     assert_close,
+    assert_vjp_is_the_jacobian,
     cases,
     directional_fd_errors,
-    jacobian_fd,
     unit_roundoff,
     with_edges,
 )
@@ -134,19 +134,7 @@ def test_vjp_matches_central_differences(case):
 @pytest.mark.parametrize("r, d, lead", [(1, 1, ()), (1, 3, (2,)), (2, 3, (2,)), (3, 3, (1, 2)), (2, 5, (2, 2))])
 def test_vjp_equals_the_full_finite_difference_jacobian(r, d, lead):
     """Every entry: vjp with dout = e_k is row k of the Jacobian; compared with the full central-difference Jacobian."""
-    rng = np.random.default_rng(r * 100 + d)
-    p = loreft.init(d, r, rng, dtype=np.float64)
-    h = rng.standard_normal((*lead, d))
-    args = {"h": h, **p}
-    for i, name in enumerate(("h", "R", "W", "b")):
-        J = jacobian_fd(loreft.forward, args, name)  # (h.size, x.size)
-        rows = []
-        for k in range(h.size):
-            e = np.zeros(h.size)
-            e[k] = 1.0
-            rows.append(loreft.vjp(h, p["R"], p["W"], p["b"], e.reshape(h.shape))[i].ravel())
-        assert_close(np.stack(rows), J, atol=FD_RTOL * max(1.0, np.max(np.abs(J))),
-                     what=f"Jacobian wrt {name}", case=(r, d, lead))
+    assert_vjp_is_the_jacobian(loreft, r, d, lead, FD_RTOL)
 
 
 def test_finite_difference_check_catches_a_wrong_dR():

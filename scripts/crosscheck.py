@@ -35,10 +35,7 @@ class Table:
         self.rows = []
 
     def add(self, check, dtype, got, expected, tol):
-        got = mt.to_numpy(got).astype(np.float64)
-        diff = np.abs(got - expected)
-        abs_err = float(diff.max()) if diff.size else 0.0
-        rel_err = abs_err / max(float(np.abs(expected).max()) if diff.size else 0.0, 1.0)
+        abs_err, rel_err = _errors(got, expected)
         self.rows.append((check, dtype, abs_err, rel_err, tol, rel_err <= tol))
 
     def print(self):
@@ -88,9 +85,15 @@ def check_functions(table: Table, dtype: str, trials: int, rng: np.random.Genera
             table.add(f"{kind} {label}", dtype, got, want, tol["forward" if name == "forward" else "grad"])
 
 
-def _rel(got, want) -> float:
-    got = mt.to_numpy(got).astype(np.float64)
-    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1.0))
+def _errors(got, expected) -> tuple[float, float]:
+    """(max|got − expected|, that / max(max|expected|, 1)); got may be a torch tensor."""
+    diff = np.abs(mt.to_numpy(got).astype(np.float64) - expected)
+    abs_err = float(diff.max()) if diff.size else 0.0
+    return abs_err, abs_err / max(float(np.abs(expected).max()) if diff.size else 0.0, 1.0)
+
+
+def _rel(got, expected) -> float:
+    return _errors(got, expected)[1]
 
 
 def check_stiefel(table: Table, dtype: str, trials: int, rng: np.random.Generator):

@@ -72,17 +72,14 @@ def make_batch(tokenizer, n: int, seed: int = 0) -> dict:
     from minireft.torch.data import collate, encode_examples, pad_id
 
     encoded = encode_examples(tokenizer, rotten_tomatoes("train", n=n, seed=seed), chat_template=True)
-    batch = collate(encoded, pad_id(tokenizer), padding_side="left")
-    mask = batch["attention_mask"]
-    batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): real tokens only
-    return batch
+    return collate(encoded, pad_id(tokenizer), padding_side="left")
 
 
 def loss_of(reft, batch) -> torch.Tensor:
     from minireft.torch.training import lm_loss_sum
 
     out = reft(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-               prompt_lengths=batch["prompt_lengths"], position_ids=batch["position_ids"], use_cache=False)
+               prompt_lengths=batch["prompt_lengths"], use_cache=False)  # position ids from the mask
     loss, n = lm_loss_sum(out.logits, batch["labels"])
     return loss / n
 

@@ -160,12 +160,9 @@ def _count_targets(batch: dict, task: str) -> int:
 def _loss_sum(model, batch: dict, task: str) -> tuple[torch.Tensor, dict]:
     """(summed loss over the batch's targets, {"correct": …} for classification)."""
     if task == "lm":
-        mask = batch["attention_mask"]
-        extra = {}
-        if bool((mask[:, 0] == 0).any()):  # left padding: positions must count real tokens only
-            extra["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
-        out = model(input_ids=batch["input_ids"], attention_mask=mask,
-                    prompt_lengths=batch["prompt_lengths"], use_cache=False, **extra)
+        # With left padding, ReftModel.forward gives decoders position ids counting real tokens.
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    prompt_lengths=batch["prompt_lengths"], use_cache=False)
         loss, _ = lm_loss_sum(out.logits, batch["labels"])
         return loss, {}
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

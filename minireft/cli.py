@@ -144,7 +144,7 @@ def _device(name: str):
 
 
 def _load_base(args, task: str):
-    """(model, tokenizer) on args.device: a causal LM through minireft.torch.hub, or an encoder."""
+    """(model, tokenizer) on args.device: a causal LM through minireft.hf.loading, or an encoder."""
     import torch
 
     dtype = getattr(torch, args.model_dtype)
@@ -153,7 +153,7 @@ def _load_base(args, task: str):
 
         hf_logging.disable_progress_bar()
     if task == "lm":
-        from minireft.torch.hub import load_model
+        from minireft.hf.loading import load_model
 
         model, tokenizer = load_model(args.model, dtype=dtype)
     else:
@@ -176,10 +176,10 @@ def _check_output(path) -> None:
 
 
 def _read_examples(path, task: str) -> list[dict]:
-    from minireft.datasets import read_jsonl
+    from minireft.hf.jsonl import read_jsonl
 
     # read_jsonl requires string values; a classification line's label is an int, and the
-    # "text" / "prompt" alternative is checked per example by minireft.torch.data.
+    # "text" / "prompt" alternative is checked per example by minireft.hf.data.
     return read_jsonl(path, required=("prompt", "completion") if task == "lm" else ())
 
 
@@ -194,7 +194,7 @@ def _build_model(args, model, train_examples):
     reft_model = attach(model, config, seed=args.seed)
     if args.task == "lm":
         return reft_model
-    from minireft.torch.classify import ReftClassifier
+    from minireft.hf.classify import ReftClassifier
 
     # a missing or bad label is reported, with its example's index, when train() encodes the data
     labels = [ex.get("label") for ex in train_examples]
@@ -207,7 +207,7 @@ def _run_train(args) -> int:
     import time
     from pathlib import Path
 
-    from minireft.torch import training
+    from minireft.hf import training
 
     started = time.time()
     try:
@@ -284,9 +284,9 @@ def _trained_with_chat_template(adapter) -> bool:
 def _run_generate(args) -> int:
     from pathlib import Path
 
-    from minireft.torch.classify import HEAD_FILE
-    from minireft.torch.model import ReftModel
-    from minireft.torch.training import generate_text
+    from minireft.hf.classify import HEAD_FILE
+    from minireft.hf.generation import generate_text
+    from minireft.hf.model import ReftModel
 
     chat = args.chat_template if args.chat_template is not None else _trained_with_chat_template(args.adapter)
     try:
@@ -307,7 +307,7 @@ def _run_generate(args) -> int:
 
 # ---------------------------------------------------------------------------- demo
 
-# minireft.torch.demo.DEFAULTS, repeated so that --help needs no torch (tests/test_demo.py compares them)
+# minireft.demo.demo.DEFAULTS, repeated so that --help needs no torch (tests/test_demo.py compares them)
 DEMO = {"output": "runs/demo", "n_train": 256, "n_eval": 200, "layers": "14,20", "rank": 4,
         "positions": "l3", "epochs": 1, "batch_size": 8, "lr": 4e-3}
 
@@ -338,7 +338,7 @@ def _add_demo(sub) -> argparse.ArgumentParser:
 
 
 def _run_demo(args) -> int:
-    from minireft.torch.demo import run_demo
+    from minireft.demo.demo import run_demo
 
     if args.quiet:
         from transformers.utils import logging as hf_logging

@@ -29,8 +29,9 @@ from minireft.stiefel import orthonormality_error
 CONFIG_FILE = "reft_config.json"
 WEIGHTS_FILE = "reft_model.safetensors"
 META_FIELDS = ("hidden_size", "base_model", "minireft_version", "spec_version")
-# Largest max|RRᵀ − I| accepted when saving or loading; DESIGN.md's after-training bounds are
-# 1e-12 (float64) and 1e-5 (float32), so these leave margin without accepting a non-orthonormal R.
+# Largest max|RRᵀ − I| accepted when saving or loading; the after-training bounds of the
+# tolerance policy (reference/SPEC.md) are 1e-12 (float64) and 1e-5 (float32), so these
+# leave margin without accepting a non-orthonormal R.
 ORTHONORMALITY_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 
 

@@ -68,15 +68,15 @@ def floor_modules(reft) -> dict:
 
 def make_batch(tokenizer, n: int, seed: int = 0) -> dict:
     """n Rotten Tomatoes examples, chat template, left padded, as the demo trains."""
-    from minireft.datasets import rotten_tomatoes
-    from minireft.torch.data import collate, encode_examples, pad_id
+    from minireft.demo.datasets import rotten_tomatoes
+    from minireft.hf.data import collate, encode_examples, pad_id
 
     encoded = encode_examples(tokenizer, rotten_tomatoes("train", n=n, seed=seed), chat_template=True)
     return collate(encoded, pad_id(tokenizer), padding_side="left")
 
 
 def loss_of(reft, batch) -> torch.Tensor:
-    from minireft.torch.training import lm_loss_sum
+    from minireft.hf.training import lm_loss_sum
 
     out = reft(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                prompt_lengths=batch["prompt_lengths"], use_cache=False)  # position ids from the mask
@@ -169,7 +169,7 @@ def bench_training(reft, batch, pairs: int, lr: float = 1e-3) -> dict:
 
 
 def bench_decode(model, tokenizer, config, prompt_ids, new_tokens: int, pairs: int, seed: int) -> dict:
-    from minireft.torch.model import attach
+    from minireft.hf.model import attach
 
     ids = torch.tensor([prompt_ids])  # (1, n)
     kwargs = {"attention_mask": torch.ones_like(ids), "max_new_tokens": new_tokens,
@@ -215,8 +215,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from minireft.torch.hub import load_model
-    from minireft.torch.model import attach
+    from minireft.hf.loading import load_model
+    from minireft.hf.model import attach
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
         ratio = f"{lo / fl:.3f}x" if lo is not None and fl else "n/a"
         print(f"  memory, {what}: LoReFT {_mib(lo)}, floor {_mib(fl)} ({ratio})")
 
-    from minireft.torch.data import encode_prompt
+    from minireft.hf.data import encode_prompt
 
     prompt = encode_prompt(tokenizer, make_prompt(args.seed), chat_template=True)
     speeds = bench_decode(model, tokenizer, config, prompt, args.new_tokens, args.decode_pairs, args.seed)
@@ -267,7 +267,7 @@ def main(argv=None) -> int:
 
 
 def make_prompt(seed: int) -> str:
-    from minireft.datasets import rotten_tomatoes
+    from minireft.demo.datasets import rotten_tomatoes
 
     return rotten_tomatoes("test", n=1, seed=seed)[0]["prompt"]
 

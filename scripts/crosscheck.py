@@ -24,7 +24,7 @@ import torch
 import minireft
 import minireft.torch as mt
 
-# DESIGN.md's policy; float32 rows compare a float32 torch run with the float64 spec.
+# the tolerance policy of reference/SPEC.md; float32 rows compare a float32 torch run with the float64 spec.
 TOL = {"float64": {"forward": 1e-12, "grad": 1e-12, "stiefel": 1e-12, "optim": 1e-12, "model": 1e-5},
        "float32": {"forward": 1e-5, "grad": 1e-4, "stiefel": 1e-5, "optim": 1e-4, "model": 1e-4}}
 DTYPES = {"float64": (np.float64, torch.float64), "float32": (np.float32, torch.float32)}
@@ -148,7 +148,7 @@ def check_model(table: Table, model_name: str, steps: int):
     if model_name == "tiny":
         model, _ = tiny_llama()
     else:
-        from minireft.torch.hub import load_model
+        from minireft.hf.loading import load_model
 
         model, _ = load_model(model_name)
     n_layers = model.config.num_hidden_layers
@@ -201,7 +201,7 @@ def check_model(table: Table, model_name: str, steps: int):
 
 
 def _blocks(reft):
-    from minireft.torch.model import find_blocks
+    from minireft.hf.blocks import find_blocks
 
     return find_blocks(reft.model, reft.config.module_path)[1]
 

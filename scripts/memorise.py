@@ -114,7 +114,7 @@ def memorise(model, tokenizer, n_tokens: int = 64, *, layer: int = LAYER, lr: fl
     ReftModel stays attached (call .detach() to get the base model back); on an error it is
     detached before the error propagates.
     """
-    from minireft.torch.model import attach
+    from minireft.hf.model import attach
 
     prompt, target = prompt_ids(tokenizer), passage_ids(tokenizer, n_tokens)
     base_recalled = recalled_prefix(greedy(model, prompt, len(target)), target)
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     parser.add_argument("--log-every", type=int, default=50)
     args = parser.parse_args(argv)
 
-    from minireft.torch.hub import load_model
+    from minireft.hf.loading import load_model
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()

@@ -29,8 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from minireft import datasets
-from minireft.torch.hub import load_gguf, load_model
+from minireft.demo import datasets
+from minireft.hf.loading import load_gguf, load_model
 
 
 def chat_ids(tokenizer, prompts: list[str]) -> dict:

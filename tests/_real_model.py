@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download
 def _load():
     # cached here, not only by the fixture: a session fixture imported into several test
     # modules is registered once per module, and would otherwise load once per module
-    from minireft.torch.hub import load_model
+    from minireft.hf.loading import load_model
 
     return load_model("smollm2")
 

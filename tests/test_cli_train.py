@@ -134,7 +134,7 @@ def test_refuses_a_non_adapter_output_before_training(llama_dir, tmp_path, capsy
 
 
 def test_interrupt_exits_130_and_keeps_the_checkpoint(llama_dir, tmp_path, capsys, monkeypatch):
-    from minireft.torch import training
+    from minireft.hf import training
 
     real_train = training.train
 

@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 from minireft import io
-from minireft.datasets import RT_PROMPT
+from minireft.demo.datasets import RT_PROMPT
 
 REVIEWS = [
     ("a warm and funny film", 1), ("great acting and a great story", 1), ("a joy from start to end", 1),
@@ -66,8 +66,8 @@ def one_thread():
 
 
 def test_run_demo_on_a_tiny_model(tmp_path, one_thread):
-    from minireft.torch.demo import RESULTS_FILE, format_summary, label_accuracy, run_demo
-    from minireft.torch.model import ReftModel
+    from minireft.demo.demo import RESULTS_FILE, format_summary, label_accuracy, run_demo
+    from minireft.hf.model import ReftModel
 
     tokenizer = _tokenizer()
     model = _model(len(tokenizer))
@@ -110,7 +110,7 @@ def test_run_demo_on_a_tiny_model(tmp_path, one_thread):
 
 def test_label_accuracy_definitions(one_thread):
     """accuracy compares the two label words' first-token scores; strict needs the argmax."""
-    from minireft.torch.demo import label_accuracy, label_token_ids
+    from minireft.demo.demo import label_accuracy, label_token_ids
 
     tokenizer = _tokenizer()
     negative, positive = label_token_ids(tokenizer)
@@ -135,7 +135,7 @@ def test_label_accuracy_definitions(one_thread):
 
 def test_cli_demo_defaults_match_run_demo():
     from minireft import cli
-    from minireft.torch import demo
+    from minireft.demo import demo
 
     d = demo.DEFAULTS
     c = cli.DEMO

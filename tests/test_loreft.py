@@ -35,7 +35,7 @@ from minireft import loreft
 from minireft.stiefel import orthonormality_error
 
 C = 16  # safety factor over the measured 4.7; see the module docstring
-FD_RTOL = 1e-8  # VJP vs central differences, float64 (DESIGN.md)
+FD_RTOL = 1e-8  # VJP vs central differences, float64 (reference/SPEC.md, tolerances)
 
 
 def row_atol(case, h, W, b) -> np.ndarray:

@@ -43,7 +43,7 @@ def _load_script(name: str):
 
 @pytest.fixture(scope="session")
 def smollm2():
-    from minireft.torch.hub import load_model
+    from minireft.hf.loading import load_model
 
     return load_model("smollm2")
 
@@ -108,15 +108,15 @@ PREFIX = "ANSWER:"
 
 
 def _greedy(model, tokenizer, prompts, max_new_tokens):
-    from minireft.torch.training import generate_text
+    from minireft.hf.generation import generate_text
 
     return [generate_text(model, tokenizer, p, chat_template=True, max_new_tokens=max_new_tokens).strip()
             for p in prompts]
 
 
 def test_loreft_teaches_an_answer_format_the_base_model_lacks(smollm2):
-    from minireft.torch.model import attach
-    from minireft.torch.training import train
+    from minireft.hf.model import attach
+    from minireft.hf.training import train
 
     model, tokenizer = smollm2
     train_examples = [{"prompt": q, "completion": f"{PREFIX} {a}"} for q, a in QUESTIONS[:N_TRAIN]]
@@ -147,7 +147,7 @@ def test_loreft_teaches_an_answer_format_the_base_model_lacks(smollm2):
 
 
 def test_rank1_loreft_at_one_position_memorises_a_64_token_passage(smollm2, tmp_path):
-    from minireft.torch.model import ReftModel
+    from minireft.hf.model import ReftModel
 
     memorise = _load_script("memorise")
     model, tokenizer = smollm2

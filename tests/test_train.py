@@ -16,11 +16,12 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from minireft import ReftConfig
+from minireft.hf import training as train_mod
+from minireft.hf.classify import ReftClassifier
+from minireft.hf.data import IGNORE_INDEX, collate, encode_example, encode_examples
+from minireft.hf.generation import generate_text
+from minireft.hf.training import evaluate, linear_schedule, lm_loss_sum, train
 from minireft.torch import attach
-from minireft.torch import training as train_mod
-from minireft.torch.classify import ReftClassifier
-from minireft.torch.data import IGNORE_INDEX, collate, encode_example, encode_examples
-from minireft.torch.training import evaluate, generate_text, linear_schedule, lm_loss_sum, train
 
 CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }} {% endfor %}"
                  "{% if add_generation_prompt %}assistant:{% endif %}")
@@ -481,7 +482,7 @@ def test_classification_on_tiny_bert(tmp_path):
 
 
 def test_pooling_skips_padding_on_either_side():
-    from minireft.torch.classify import pool
+    from minireft.hf.classify import pool
 
     h = torch.arange(2 * 4 * 3, dtype=torch.float64).reshape(2, 4, 3)  # (B, T, d)
     mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 0]])  # left-padded row 0, right-padded row 1

@@ -1,8 +1,9 @@
-"""minireft.torch: the PyTorch mirror of the NumPy spec, and Hugging Face integration.
+"""minireft.torch: the PyTorch mirror of the NumPy spec.
 
 `loreft`, `direft`, `stiefel` and `optim` carry the spec's functions under the same
-names, on torch tensors. `attach(model, config)` edits a Hugging Face model's
-residual stream; `ReftModel` trains, generates, saves and loads.
+names, on torch tensors; `Intervention` and `ReftOptimizer` are the modules built on
+them. The Hugging Face integration lives in `minireft.hf`; `attach`, `ReftModel`,
+`train` and `load_model` are re-exported here (lazily) as the public contract names.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from minireft.torch.modules import Intervention
 from minireft.torch.optim import ReftOptimizer
 
 _LAZY = {
-    "attach": "minireft.torch.model",
-    "ReftModel": "minireft.torch.model",
-    "train": "minireft.torch.training",
-    "load_model": "minireft.torch.hub",
+    "attach": "minireft.hf.model",
+    "ReftModel": "minireft.hf.model",
+    "train": "minireft.hf.training",
+    "load_model": "minireft.hf.loading",
 }
 
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from minireft.torch.data import IGNORE_INDEX, collate, encode_examples, encode_prompt, pad_id
+from minireft.hf.data import IGNORE_INDEX, collate, encode_examples, pad_id
 from minireft.torch.optim import ReftOptimizer
 
 
@@ -118,7 +118,7 @@ def _infer_task(model, task: str | None) -> str:
     if task != inferred:
         raise ValueError(
             f"task={task!r} but the model is a {type(model).__name__}: classification needs a "
-            "minireft.torch.classify.ReftClassifier, language modelling a ReftModel"
+            "minireft.hf.classify.ReftClassifier, language modelling a ReftModel"
         )
     return task
 
@@ -411,22 +411,3 @@ class _Log:
 
     def close(self) -> None:
         self.bar.close()
-
-
-# ---------------------------------------------------------------------------- generation
-
-
-@torch.no_grad()
-def generate_text(model, tokenizer, prompt: str, *, chat_template: bool = False, max_new_tokens: int = 64,
-                  sample: bool = False, temperature: float = 1.0, seed: int = 0) -> str:
-    """The completion `model` (a ReftModel) writes for one prompt, new tokens only, decoded
-    without special tokens. Greedy unless `sample`; sampling is seeded."""
-    ids = encode_prompt(tokenizer, prompt, chat_template=chat_template)
-    device = _device(model)
-    input_ids = torch.tensor([ids], device=device)  # (1, n)
-    kwargs = {"max_new_tokens": max_new_tokens, "do_sample": sample, "pad_token_id": pad_id(tokenizer)}
-    if sample:
-        torch.manual_seed(seed)
-        kwargs |= {"temperature": temperature, "top_k": 0, "top_p": 1.0}
-    out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)  # (1, n + new)
-    return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)

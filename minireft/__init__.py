@@ -2,6 +2,7 @@
 
     LoReFT   Φ(h) = h + Rᵀ(W h + b − R h),  R ∈ ℝ^{r×d}, R Rᵀ = I_r
     DiReFT   Φ(h) = h + W2ᵀ(W1 h + b)
+    edit     H'[b, t] = Φ_g(H[b, t]) at the edited positions of row b, H[b, t] elsewhere
 
 `import minireft` needs NumPy and safetensors only and never imports torch; the
 PyTorch mirror lives in `minireft.torch`.
@@ -13,11 +14,16 @@ SPEC_VERSION = "1.0"
 from minireft import direft, io, loreft, optim, positions, stiefel
 from minireft.config import ReftConfig
 
+# minireft.edit is the function (the module stays importable as `from minireft.edit import ...`)
+from minireft.edit import edit, edit_vjp
+
 __all__ = [
     "SPEC_VERSION",
     "ReftConfig",
     "__version__",
     "direft",
+    "edit",
+    "edit_vjp",
     "io",
     "loreft",
     "optim",

@@ -337,6 +337,87 @@ def table(rows):
     return {"n": n, "prefix": p, "suffix": s}
 
 
+# --------------------------------------------------------------------------- the in-model edit
+
+
+def edit_mask(counts, length, sides) -> np.ndarray:
+    """(B, L) int64 attention mask: row b has counts[b] real tokens, padded on sides[b]."""
+    mask = np.zeros((len(counts), length), dtype=np.int64)
+    for b, (count, side) in enumerate(zip(counts, sides)):
+        start = length - count if side == "left" else 0
+        mask[b, start:start + count] = 1
+    return mask
+
+
+def edit_case(name, *, method, positions, tied, d, r, counts, length, sides, prompts=None, vjp=False,
+              identity=False, note=""):
+    """One `edit` (or `edit_vjp`) case: h ~ N(0, 1) of shape (B, L, d), one parameter set per group."""
+    config = minireft.ReftConfig(layers=(0,), rank=r, positions=positions, tied=tied, intervention=method)
+    seed = seed_of(name)
+    rng = np.random.default_rng(seed)
+    mask = edit_mask(counts, length, sides)
+    h = rng.standard_normal((len(counts), length, d))
+    inputs = {"h": h, "attention_mask": mask}
+    if prompts is not None:
+        inputs["prompt_lengths"] = np.array(prompts, dtype=np.int64)
+    for group in config.groups:
+        params = PARAMS[method](rng, d, r)
+        if identity:  # LoReFT W = R, b = 0: Φ(h) = h
+            params["W"], params["b"] = params["R"].copy(), np.zeros(r)
+        inputs.update({f"{group}.{p}": v for p, v in params.items()})
+    if vjp:
+        inputs["dout"] = rng.standard_normal(h.shape)
+    rows = "; ".join(f"row {b}: {c} real tokens, {side} padded"
+                     + (f", prompt {prompts[b]}" if prompts is not None else "")
+                     for b, (c, side) in enumerate(zip(counts, sides)))
+    what = "the VJP (dh, grad.{group}.{param}) of edit against dout" if vjp else "edit(h, ...)"
+    description = (f"{what}: {method}, positions {positions}, {'tied' if tied else 'untied'} "
+                   f"(groups {', '.join(config.groups)}); h (B, L, d) = {list(h.shape)}, r={r}; {rows}"
+                   + ("" if prompts is not None else "; prompt_lengths None (all real tokens)")
+                   + (f"; {note}" if note else ""))
+    out = case(name, "edit_vjp" if vjp else "edit", inputs, kwargs={"config": config.to_dict()},
+               seed=seed, description=description)
+    if identity:
+        assert np.array_equal(out["out"], h), name
+
+
+SHORT = (1, 2, 3, 5, 8)  # real tokens per row: short prompts (n < p + s) and one that fits
+
+
+def edit_cases():
+    for method in ("loreft", "direft"):
+        for tied in (False, True):
+            for side in ("left", "right"):
+                tag = f"{method}_{'tied' if tied else 'untied'}_f2l3_{side}"
+                edit_case(f"edit_{tag}", method=method, positions="f2+l3", tied=tied, d=16, r=4,
+                          counts=SHORT, length=9, sides=[side] * 5)
+                edit_case(f"edit_{tag}_prompts", method=method, positions="f2+l3", tied=tied, d=16,
+                          r=4, counts=(4, 6, 9, 7), length=9, sides=[side] * 4, prompts=(1, 3, 9, 5),
+                          note="tokens after the prompt (a completion) are never edited")
+        edit_case(f"edit_vjp_{method}_untied_f2l3_mixed", method=method, positions="f2+l3", tied=False,
+                  d=16, r=4, counts=SHORT, length=9, sides=("left", "right") * 2 + ("left",), vjp=True)
+        edit_case(f"edit_vjp_{method}_tied_f1l2_prompts", method=method, positions="f1+l2", tied=True,
+                  d=7, r=2, counts=(3, 6, 2), length=6, sides=("right", "left", "left"), prompts=(2, 4, 1),
+                  vjp=True)
+    edit_case("edit_loreft_untied_f0l3", method="loreft", positions="f0+l3", tied=False, d=8, r=2,
+              counts=(1, 2, 4, 6), length=7, sides=("left", "right", "left", "right"),
+              note="one-sided: f0+l3 untied has the single group suffix")
+    edit_case("edit_direft_untied_f3", method="direft", positions="f3", tied=False, d=8, r=2,
+              counts=(1, 2, 5), length=5, sides=("left", "right", "left"),
+              note="prefix only: a 1-token prompt edits nothing (p' = min(3, ⌊1/2⌋) = 0)")
+    edit_case("edit_loreft_untied_f7l7_pyreft_differs", method="loreft", positions="f7+l7", tied=False,
+              d=8, r=2, counts=(1, 3, 10, 20), length=20, sides=("left", "left", "right", "left"),
+              note="short prompts where pyreft edits differently (SPEC §6): n = 1 edits its one token")
+    edit_case("edit_loreft_untied_f7l7_d576", method="loreft", positions="f7+l7", tied=False, d=576, r=4,
+              counts=(16, 11), length=16, sides=("left", "right"), note="SmolLM2's hidden size")
+    edit_case("edit_vjp_loreft_untied_f2l2_all_short", method="loreft", positions="f2+l2", tied=False,
+              d=8, r=2, counts=(1, 1), length=3, sides=("left", "right"), vjp=True,
+              note="every prompt has 1 token: the prefix group edits nothing and gets zero gradients")
+    edit_case("edit_loreft_tied_f2l2_identity", method="loreft", positions="f2+l2", tied=True, d=16, r=4,
+              counts=SHORT, length=9, sides=("left", "right") * 2 + ("left",), identity=True,
+              note="identity init W = R, b = 0: out = h exactly")
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -349,6 +430,7 @@ def build() -> list[dict]:
     adamw_cases()
     riemannian_cases()
     positions_cases()
+    edit_cases()
     return list(CASES)
 
 

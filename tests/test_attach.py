@@ -16,9 +16,9 @@ from torch import nn
 
 from minireft import ReftConfig
 from minireft.hf.blocks import find_blocks
-from minireft.hf.plan import position_index
 from minireft.positions import intervention_positions
 from minireft.torch import ReftModel, ReftOptimizer, attach, direft, loreft
+from minireft.torch.edit import position_index
 from minireft.torch.stiefel import orthonormality_error
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

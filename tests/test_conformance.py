@@ -269,7 +269,8 @@ def _mirror(wrap, namespace=types.SimpleNamespace):
 
 def test_adapter_protocol_with_the_backends_own_hooks():
     backend = types.SimpleNamespace(**_mirror(_boxed, lambda name: types.SimpleNamespace()),
-                                    positions=minireft.positions, to_backend=Box, to_numpy=lambda b: b.a)
+                                    positions=minireft.positions, edit=_boxed(minireft.edit),
+                                    edit_vjp=_boxed(minireft.edit_vjp), to_backend=Box, to_numpy=lambda b: b.a)
     report = conformance.run(backend, CASES_DIR, dtypes=("float64",))
     assert report.adapter == "backend's to_backend/to_numpy"
     assert report.ok, [m for r in report.failed for m in r.messages()][:3]
@@ -313,10 +314,11 @@ def test_torch_backend_is_detected_without_hooks():
     for name, part in _mirror(torch_wrap, module).items():
         setattr(backend, name, part)
     backend.positions = minireft.positions
+    backend.edit, backend.edit_vjp = torch_wrap(minireft.edit), torch_wrap(minireft.edit_vjp)
     report = conformance.run(backend, CASES_DIR, filters=["loreft", "stiefel", "optim_adamw"])
     assert report.adapter == "torch (cpu)"
     assert report.ok, [m for r in report.failed for m in r.messages()][:3]
-    assert seen == {torch.float64, torch.float32}
+    assert seen == {torch.float64, torch.float32, torch.int64}  # the edit cases' masks stay integers
 
 
 # ---------------------------------------------------------------- the command line

@@ -41,7 +41,7 @@ def _transposed_vjp(h, R, W, b, dout):
 TRANSPOSED_R = types.SimpleNamespace(
     loreft=types.SimpleNamespace(forward=_transposed_forward, vjp=_transposed_vjp),
     direft=minireft.direft, stiefel=minireft.stiefel, optim=minireft.optim,
-    positions=minireft.positions)
+    positions=minireft.positions, edit=minireft.edit, edit_vjp=minireft.edit_vjp)
 
 # ---------------------------------------------------------------- sign of dR
 
@@ -54,7 +54,7 @@ def _flipped_vjp(h, R, W, b, dout):
 FLIPPED_DR = types.SimpleNamespace(
     loreft=types.SimpleNamespace(forward=minireft.loreft.forward, vjp=_flipped_vjp),
     direft=minireft.direft, stiefel=minireft.stiefel, optim=minireft.optim,
-    positions=minireft.positions)
+    positions=minireft.positions, edit=minireft.edit, edit_vjp=minireft.edit_vjp)
 
 # ---------------------------------------------------------------- QR without the sign fix
 
@@ -84,6 +84,7 @@ def _riemannian_adam_step(R, grad, state, *, lr, betas=(0.9, 0.999), eps=1e-8, r
 
 UNSIGNED_QR = types.SimpleNamespace(
     loreft=minireft.loreft, direft=minireft.direft, positions=minireft.positions,
+    edit=minireft.edit, edit_vjp=minireft.edit_vjp,
     stiefel=types.SimpleNamespace(
         project_tangent=stiefel.project_tangent, retract_polar=stiefel.retract_polar,
         retract_qr=_unsigned_retract_qr, orthonormality_error=stiefel.orthonormality_error),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from minireft.config import ReftConfig
 from minireft.conformance.adapters import Adapter, generic_to_numpy
 
 # One function per operation: it calls the backend the way the contract says and
@@ -97,6 +98,25 @@ def _positions_table(be, x, kw, put, get):
     return out
 
 
+def _edit_args(x, kw, put):
+    """(h, attention_mask, prompt_lengths or None, ReftConfig, {group: {param: array}}):
+    parameters are the inputs named "{group}.{param}"; a case without prompt_lengths passes None."""
+    config = ReftConfig.from_dict(kw["config"])
+    params = {g: {p: put(x[f"{g}.{p}"]) for p in config.param_names} for g in config.groups}
+    lengths = put(x["prompt_lengths"]) if "prompt_lengths" in x else None
+    return put(x["h"]), put(x["attention_mask"]), lengths, config, params
+
+
+def _edit(be, x, kw, put, get):
+    return {"out": get(_fn(be, "edit")(*_edit_args(x, kw, put)))}
+
+
+def _edit_vjp(be, x, kw, put, get):
+    *args, config, params = _edit_args(x, kw, put)
+    dh, grads = _n_tuple(_fn(be, "edit_vjp")(*args, config, params, put(x["dout"])), 2, "edit_vjp")
+    return {"dh": get(dh), **{f"grad.{g}.{p}": get(grads[g][p]) for g in params for p in params[g]}}
+
+
 def _n_tuple(res, n, what):
     if not isinstance(res, (tuple, list)) or len(res) != n:
         raise TypeError(f"{what} must return {n} values, got {type(res).__name__}")
@@ -116,6 +136,8 @@ OPERATIONS = {
     "optim.adamw_trajectory": (_adamw_trajectory, "trajectory"),
     "optim.riemannian_adam_trajectory": (_riemannian_trajectory, "trajectory"),
     "positions.intervention_positions_table": (_positions_table, "exact"),
+    "edit": (_edit, "value"),
+    "edit_vjp": (_edit_vjp, "gradient"),
 }
 
 

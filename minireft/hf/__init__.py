@@ -1,8 +1,8 @@
 """minireft.hf: ReFT on Hugging Face models, built on the PyTorch mirror (minireft.torch).
 
     blocks      finding a model's transformer blocks and hidden size (no per-model table)
-    plan        which positions of which rows an edit touches, from the attention mask
-    model       attach(model, config) -> ReftModel: hooks, forward, generate, save, load
+    model       attach(model, config) -> ReftModel: hooks (minireft.torch.edit), forward,
+                generate, save, load
     data        examples -> token ids and labels; batches
     training    train(), evaluate()
     generation  generate_text()

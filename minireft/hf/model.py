@@ -12,13 +12,13 @@ f_b + intervention_positions(n_b, p, s) (minireft.positions: the paper's "f{p}+l
 short prompts included). Tokens after the prompt (completions, generated tokens) are never
 edited.
 
-How, per forward call: one index tensor per group, (B, P) positions with a validity mask
-for rows that have fewer than P positions, is built once; every hooked block then does
-    G = H.gather(positions)        (B, P, d)
-    Φ_g applied once to G          (B, P, d)
-    H' = where(edited, Φ_g(G).gather(slot), H)   (B, L, d)
-where slot[b, t] is the index into P of position t. No Python loop over rows, and
-padding entries of the index never reach H' (they are never any position's slot).
+How, per forward call: the edited (row, column) pairs of each group, K_g of them, are
+computed once (minireft.torch.edit.EditPlan, the mirror of the spec's minireft.edit); every
+hooked block then does
+    G_g = H[rows_g, cols_g]                                  (K_g, d)
+    H'  = H with H'[rows_g, cols_g] = Φ_g(G_g) for each g     (one index_put into a copy)
+No Python loop over rows, and the work beyond the one copy of H is proportional to the
+edited positions.
 
 When: a forward pre-hook on the base model decides per call. A call whose input starts at
 position 0 (no cached past) is a prefill and is edited; a call that continues a KV cache
@@ -38,7 +38,7 @@ from torch import nn
 from minireft import io
 from minireft.config import ReftConfig
 from minireft.hf.blocks import _check_layers, _device_of, find_blocks, hidden_size_of
-from minireft.hf.plan import _Plan
+from minireft.torch.edit import EditPlan
 from minireft.torch.modules import Intervention
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -124,8 +124,8 @@ class ReftModel(nn.Module):
         self.config = config
         self.module_path = path
         self.interventions = self._build_interventions(blocks, seed)
-        self._plan_source: _Plan | None = None  # the prompt batch of the current forward/generate
-        self._plan: _Plan | None = None  # the plan of the base-model call running now
+        self._plan_source: EditPlan | None = None  # the prompt batch of the current forward/generate
+        self._plan: EditPlan | None = None  # the plan of the base-model call running now
         self._num_edits = 0  # block outputs edited so far (tests count prefill vs decode)
         self._fill_position_ids = _counts_positions_itself(model)  # a property of the model: decided once
         self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -214,7 +214,7 @@ class ReftModel(nn.Module):
             raise ValueError("pass input_ids (B, L) or inputs_embeds (B, L, d)")
         if attention_mask is None:
             attention_mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
-        self._plan_source = _Plan.from_mask(attention_mask, prompt_lengths, self.config)
+        self._plan_source = EditPlan.from_mask(attention_mask, prompt_lengths, self.config)
         if (self._fill_position_ids and "position_ids" not in model_kwargs
                 and model_kwargs.get("past_key_values") is None):
             model_kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -234,7 +234,7 @@ class ReftModel(nn.Module):
         self._check_attached()
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        self._plan_source = _Plan.from_mask(attention_mask, None, self.config)
+        self._plan_source = EditPlan.from_mask(attention_mask, None, self.config)
         try:
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
         finally:

@@ -1,9 +1,10 @@
 """minireft.torch: the PyTorch mirror of the NumPy spec.
 
-`loreft`, `direft`, `stiefel` and `optim` carry the spec's functions under the same
-names, on torch tensors; `Intervention` and `ReftOptimizer` are the modules built on
-them. The Hugging Face integration lives in `minireft.hf`; `attach`, `ReftModel`,
-`train` and `load_model` are re-exported here (lazily) as the public contract names.
+`loreft`, `direft`, `stiefel`, `optim`, and `edit` / `edit_vjp` (the in-model edit) carry
+the spec's functions under the same names, on torch tensors; `Intervention` and
+`ReftOptimizer` are the modules built on them. The Hugging Face integration lives in
+`minireft.hf`; `attach`, `ReftModel`, `train` and `load_model` are re-exported here
+(lazily) as the public contract names.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 
 from minireft import positions
 from minireft.torch import direft, loreft, optim, stiefel
+from minireft.torch.edit import edit, edit_vjp  # the functions; the module is minireft.torch.edit
 from minireft.torch.modules import Intervention
 from minireft.torch.optim import ReftOptimizer
 
@@ -48,6 +50,8 @@ __all__ = [
     "ReftOptimizer",
     "attach",
     "direft",
+    "edit",
+    "edit_vjp",
     "load_model",
     "loreft",
     "optim",

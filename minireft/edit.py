@@ -1,0 +1,183 @@
+"""The edit inside a model: which positions of which rows, and Φ applied there.
+
+For the hidden state H (B, L, d) at the output of one hooked block,
+
+    H'[b, t] = Φ_g(H[b, t])   if column t of row b is an edited position of group g
+    H'[b, t] = H[b, t]        otherwise (bit for bit)
+
+Row b's real tokens are the columns where attention_mask[b] is 1 (left or right padding,
+contiguous); with f_b its first real column and n_b its prompt length (prompt_lengths[b],
+or all its real tokens), (P_b, S_b) = intervention_positions(n_b, p, s) and
+
+    tied:    group "tied" edits columns f_b + P_b ∪ f_b + S_b
+    untied:  group "prefix" edits f_b + P_b, group "suffix" edits f_b + S_b
+
+Φ_g is LoReFT or DiReFT with group g's parameters. params holds the interventions of ONE
+layer, nested as {group: {param: array}}: the adapter's "{layer}.{group}.{param}" tensors
+of that layer (`layer_params` regroups them). No dropout: this is the evaluation form.
+A row is edited alone, so its result never depends on its batch-mates or padding side.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minireft import direft, loreft
+from minireft.config import ReftConfig
+from minireft.positions import intervention_positions
+
+KINDS = {"loreft": loreft, "direft": direft}
+
+
+def edit(h, attention_mask, prompt_lengths, config: ReftConfig, params: dict) -> np.ndarray:
+    """H' = H with Φ_g applied at group g's edited positions of every row (module docstring).
+
+    h: (B, L, d) float32/float64; attention_mask: (B, L) of 0/1; prompt_lengths: (B,) ints
+    or None (every real token is prompt); config: ReftConfig (positions, tied, intervention);
+    params: {group: {param: array}} for config.groups and config.param_names, (r, d) and (r,).
+    Returns a new (B, L, d) array of h's dtype. Where params' dtype differs from h's, the
+    edited rows are cast to it, edited and cast back. Raises ValueError naming the row whose
+    mask or prompt length cannot be edited.
+    """
+    h = _check_h(h)
+    columns = edited_positions(attention_mask, prompt_lengths, config, length=h.shape[1], batch=len(h))
+    math, params = _check_params(config, params, KINDS)
+    out = h.copy()
+    for group, per_row in columns.items():
+        args = params[group]
+        for b, cols in enumerate(per_row):
+            if cols:  # a row edits its block of columns alone: batch-mates never enter Φ
+                x = h[b, cols].astype(args[0].dtype)  # (P_b, d)
+                out[b, cols] = math.forward(x, *args).astype(h.dtype)
+    return out
+
+
+def edit_vjp(h, attention_mask, prompt_lengths, config: ReftConfig, params: dict, dout):
+    """Vector-Jacobian products of `edit` against the cotangent dout (B, L, d).
+
+    Returns (dh, grads): dh (B, L, d) equals dout except at edited positions, where it is
+    the Φ_g VJP's dh; grads {group: {param: Σ over group g's edited (b, t) of the Φ_g VJP's
+    d-param}}, shaped as params (zeros for a group that edits nothing in this batch). Each
+    group's edited rows are gathered in row-major order (b, then t) into one (K_g, d) block.
+    """
+    h = _check_h(h)
+    dout = _check_h(dout, "dout")
+    if dout.shape != h.shape or dout.dtype != h.dtype:
+        raise ValueError(f"dout must match h: shape {h.shape} dtype {h.dtype}, "
+                         f"got shape {dout.shape} dtype {dout.dtype}")
+    columns = edited_positions(attention_mask, prompt_lengths, config, length=h.shape[1], batch=len(h))
+    math, params = _check_params(config, params, KINDS)
+    dh, grads = dout.copy(), {}
+    for group, per_row in columns.items():
+        args = params[group]
+        rows = np.array([b for b, cols in enumerate(per_row) for _ in cols], dtype=np.int64)  # (K,)
+        cols = np.array([t for c in per_row for t in c], dtype=np.int64)  # (K,)
+        x = h[rows, cols].astype(args[0].dtype)  # (K, d)
+        g = dout[rows, cols].astype(args[0].dtype)  # (K, d)
+        dx, *dparams = math.vjp(x, *args, g)
+        dh[rows, cols] = dx.astype(h.dtype)
+        grads[group] = dict(zip(math.PARAMS, dparams))
+    return dh, grads
+
+
+def edited_positions(attention_mask, prompt_lengths, config: ReftConfig, *, length=None,
+                     batch=None) -> dict[str, list[list[int]]]:
+    """{group: [columns of row b, for each row b]}: the 0-based columns each group edits.
+
+    attention_mask: (B, L) of 0/1 (bool or integers; floats equal to 0 or 1 too);
+    prompt_lengths: (B,) non-negative ints, or None. length, batch: the L and B that h has,
+    checked against the mask when given. Raises ValueError naming the first bad row.
+    """
+    mask = _check_mask(attention_mask, length, batch)
+    n = _check_prompt_lengths(prompt_lengths, len(mask))
+    prefix, suffix = config.prefix_suffix
+    groups = {g: [] for g in config.groups}
+    for b, row in enumerate(mask):
+        first, count = _real_span(b, row)
+        n_b = count if n is None else int(n[b])
+        if not 1 <= n_b <= count:
+            raise ValueError(f"row {b} has prompt_length {n_b}, but must have 1 <= prompt_length <= its "
+                             f"{count} real tokens (an empty prompt cannot be edited)")
+        pre, suf = intervention_positions(n_b, prefix, suffix)
+        pre, suf = [first + t for t in pre], [first + t for t in suf]
+        for group, per_row in groups.items():
+            per_row.append({"tied": pre + suf, "prefix": pre, "suffix": suf}[group])
+    return groups
+
+
+def layer_params(state: dict, layer: int) -> dict[str, dict[str, np.ndarray]]:
+    """{"{layer}.{group}.{param}": array} (an adapter's tensors) → {group: {param: array}}
+    of that one layer, the form `edit` takes."""
+    out = {}
+    for name, value in state.items():
+        at, group, param = name.split(".")
+        if at == str(layer):
+            out.setdefault(group, {})[param] = value
+    if not out:
+        raise ValueError(f"no tensor of layer {layer}; the names start with "
+                         f"{sorted({k.split('.')[0] for k in state})}")
+    return out
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _real_span(b: int, row: np.ndarray) -> tuple[int, int]:
+    """(first real column, number of real tokens) of row b, which must be contiguous."""
+    real = np.flatnonzero(row)
+    if real.size == 0:
+        raise ValueError(f"row {b} is empty (its attention_mask is all zero): an empty prompt has no "
+                         f"token to edit; drop the row or give it at least one real token")
+    first, count = int(real[0]), int(real.size)
+    if int(real[-1]) - first + 1 != count:
+        raise ValueError(f"row {b}'s real tokens are not contiguous (attention_mask "
+                         f"{row.astype(int).tolist()}); padding must be on the left or on the right only")
+    return first, count
+
+
+def _check_h(h, name: str = "h") -> np.ndarray:
+    if not isinstance(h, np.ndarray) or h.dtype not in (np.float32, np.float64) or h.ndim != 3:
+        raise ValueError(f"{name} must be a (batch, length, hidden) float32/float64 numpy array, got "
+                         f"{type(h).__name__} {getattr(h, 'dtype', '')} {getattr(h, 'shape', '')}")
+    return h
+
+
+def _check_mask(mask, length, batch) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or (length is not None and mask.shape != (batch, length)):
+        want = "(batch, length)" if length is None else f"({batch}, {length}), the first two sizes of h"
+        raise ValueError(f"attention_mask must have shape {want}, got {mask.shape}")
+    if mask.dtype.kind not in "biuf" or not np.all((mask == 0) | (mask == 1)):
+        raise ValueError(f"attention_mask must hold 0 (padding) and 1 (real token) only, got dtype "
+                         f"{mask.dtype} with values {np.unique(mask)[:8].tolist()}")
+    return mask != 0  # (B, L) bool
+
+
+def _check_prompt_lengths(prompt_lengths, batch: int):
+    if prompt_lengths is None:
+        return None
+    n = np.asarray(prompt_lengths)
+    if n.shape != (batch,) or n.dtype.kind not in "iu":
+        raise ValueError(f"prompt_lengths must be None or an integer array of shape ({batch},) (one "
+                         f"length per row), got dtype {n.dtype} and shape {n.shape}")
+    return n
+
+
+def _check_params(config: ReftConfig, params: dict, kinds: dict):
+    """(kinds[config.intervention], {group: [arrays in its PARAMS order]}); the torch mirror
+    passes its own kinds."""
+    if not isinstance(config, ReftConfig):
+        raise TypeError(f"config must be a minireft.ReftConfig, got {type(config).__name__}")
+    math = kinds[config.intervention]
+    if not isinstance(params, dict) or set(params) != set(config.groups):
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(f"params must be {{group: {{param: array}}}} with groups {list(config.groups)} "
+                         f"(positions {config.positions!r}, tied={config.tied}), got {got}")
+    ordered = {}
+    for group, p in params.items():
+        if not isinstance(p, dict) or set(p) != set(math.PARAMS):
+            got = sorted(p) if isinstance(p, dict) else type(p).__name__
+            raise ValueError(f"params[{group!r}] must hold {list(math.PARAMS)} ({config.intervention}), "
+                             f"got {got}")
+        ordered[group] = [p[name] for name in math.PARAMS]
+    return math, ordered

@@ -45,8 +45,8 @@ def shape(name: str, x: np.ndarray, expected: tuple[int, ...]) -> None:
 
 
 def low_rank(R_name: str, R: np.ndarray) -> tuple[int, int]:
-    """Check a (r, d) factor with 1 <= r <= d; return (r, d)."""
-    r, d = R.shape
+    """Check a (r, d) factor, or a stack (..., r, d) of them, with 1 <= r <= d; return (r, d)."""
+    r, d = R.shape[-2:]
     if r < 1 or d < 1:
         raise ValueError(f"{R_name} must have shape (r, d) with r, d >= 1, got {R.shape}")
     if r > d:

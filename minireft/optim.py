@@ -88,11 +88,12 @@ def riemannian_adam_step(R, grad, state, *, lr, betas=(0.9, 0.999), eps=1e-8, re
         ξ  = −lr · P_R( (m / (1 − β1ᵗ)) / (sqrt(v) / sqrt(1 − β2ᵗ) + ε) )
         R' = retract(R, ξ) ;  m ← P_R'(m)
 
-    R, grad: (r, d), grad the Euclidean gradient. retraction: "polar" or "qr".
+    R, grad: (r, d), grad the Euclidean gradient; or stacks (..., r, d) of R that share
+    one step count, each stepped on its own. retraction: "polar" or "qr".
     Returns (new_R, new_state); new_R has orthonormal rows whatever the step size.
     """
-    R = _check.array("R", R, ndim=2)
-    grad = _check.array("grad", grad, ndim=2)
+    R = _check.array("R", R, min_ndim=2)
+    grad = _check.array("grad", grad, min_ndim=2)
     _check.same_dtype(R=R, grad=grad)
     _check.low_rank("R", R)
     _check.shape("grad", grad, R.shape)
@@ -101,7 +102,7 @@ def riemannian_adam_step(R, grad, state, *, lr, betas=(0.9, 0.999), eps=1e-8, re
         raise ValueError(f"retraction must be one of {sorted(RETRACTIONS)}, got {retraction!r}")
     lr, beta1, beta2, eps = _hyper(lr, betas, eps)
     t, m, v = _state(R, state)
-    g = project_tangent(R, grad)  # (r, d), Riemannian gradient
+    g = project_tangent(R, grad)  # (..., r, d), Riemannian gradient
     m, v = _moments(g, m, v, beta1, beta2)
     t += 1
     xi = -lr * project_tangent(R, _adam_direction(m, v, t, beta1, beta2, eps))

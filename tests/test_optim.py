@@ -282,7 +282,7 @@ BAD = [
     (adamw_step, (np.ones(3), np.ones(3), {"step": 1, "exp_avg": np.ones(2), "exp_avg_sq": np.ones(3)}), {"lr": 0.1},
      ValueError, r"state\['exp_avg'\] must have shape \(3,\), got \(2,\)"),
     (riemannian_adam_step, (np.eye(2, 4), np.ones((2, 3)), None), {"lr": 0.1}, ValueError, r"grad must have shape \(2, 4\), got \(2, 3\)"),
-    (riemannian_adam_step, (np.eye(2, 4), np.ones(4), None), {"lr": 0.1}, ValueError, r"grad must be 2-D, got shape \(4,\)"),
+    (riemannian_adam_step, (np.eye(2, 4), np.ones(4), None), {"lr": 0.1}, ValueError, r"grad must have at least 2 dimension\(s\), got shape \(4,\)"),
     (riemannian_adam_step, (np.eye(5, 4), np.ones((5, 4)), None), {"lr": 0.1}, ValueError, r"rank r=5 greater than hidden size d=4"),
     (riemannian_adam_step, (np.eye(2, 4), np.ones((2, 4)), None), {"lr": 0.1, "retraction": "cayley"}, ValueError,
      r"retraction must be one of \['polar', 'qr'\], got 'cayley'"),

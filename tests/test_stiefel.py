@@ -23,6 +23,7 @@ from strategies import (
     with_edges,
 )
 
+from minireft import stiefel
 from minireft.stiefel import (
     orthonormality_error,
     project_tangent,
@@ -200,10 +201,10 @@ BAD = [
     (project_tangent, (R0, np.ones((2, 5), np.float32)), TypeError, r"R=float64, G=float32"),
     (project_tangent, (R0.tolist(), np.ones((2, 5))), TypeError, r"R must be a numpy.ndarray, got list"),
     (project_tangent, (np.ones((6, 5)), np.ones((6, 5))), ValueError, r"rank r=6 greater than hidden size d=5"),
-    (retract_polar, (R0, np.ones(5)), ValueError, r"xi must be 2-D, got shape \(5,\)"),
+    (retract_polar, (R0, np.ones(5)), ValueError, r"xi must have at least 2 dimension\(s\), got shape \(5,\)"),
     (retract_qr, (R0, np.ones((3, 5))), ValueError, r"xi must have shape \(2, 5\), got \(3, 5\)"),
     (retract_qr, (R0.astype(np.float32), R0), TypeError, r"R=float32, xi=float64"),
-    (orthonormality_error, (np.ones(3),), ValueError, r"R must be 2-D, got shape \(3,\)"),
+    (orthonormality_error, (np.ones(3),), ValueError, r"R must have at least 2 dimension\(s\), got shape \(3,\)"),
     (random_stiefel, (4, 3, np.random.default_rng(0)), ValueError, r"rank r=4 is greater than hidden size d=3"),
     (random_stiefel, (0, 3, np.random.default_rng(0)), ValueError, r"r must be a positive integer, got 0"),
     (random_stiefel, (2, 3, 0), TypeError, r"rng must be a numpy.random.Generator, got int"),
@@ -214,3 +215,16 @@ BAD = [
 def test_bad_inputs_are_rejected_with_names_and_shapes(f, args, exc, match):
     with pytest.raises(exc, match=match):
         f(*args)
+
+
+@pytest.mark.parametrize("name", ["project_tangent", *RETRACTIONS])
+def test_a_stack_of_R_is_each_matrix_on_its_own(name):
+    """f(stack(R_k), stack(G_k)) = stack(f(R_k, G_k)), bit for bit: an optimizer steps every R
+    of one shape as one stack, and must get what stepping them one by one gives."""
+    rng = np.random.default_rng(3)
+    R = np.stack([random_stiefel(3, 17, rng) for _ in range(4)]).reshape(2, 2, 3, 17)  # (2, 2, r, d)
+    G = 0.3 * rng.standard_normal(R.shape)
+    fn = getattr(stiefel, name)
+    one_by_one = np.stack([fn(R[i, j], G[i, j]) for i in range(2) for j in range(2)]).reshape(R.shape)
+    np.testing.assert_array_equal(fn(R, G), one_by_one)
+    assert orthonormality_error(R) == max(orthonormality_error(R[i, j]) for i in range(2) for j in range(2))

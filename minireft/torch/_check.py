@@ -33,7 +33,8 @@ def shape(name: str, x: torch.Tensor, expected) -> None:
 
 
 def low_rank(name: str, R: torch.Tensor) -> tuple[int, int]:
-    r, d = R.shape
+    """Check a (r, d) factor, or a stack (..., r, d) of them, with 1 <= r <= d; return (r, d)."""
+    r, d = R.shape[-2:]
     if r < 1 or d < 1:
         raise ValueError(f"{name} must have shape (r, d) with r, d >= 1, got {tuple(R.shape)}")
     if r > d:

@@ -55,9 +55,11 @@ def adamw_step(param, grad, state, *, lr, betas=(0.9, 0.999), eps=1e-8, weight_d
 
 
 def riemannian_adam_step(R, grad, state, *, lr, betas=(0.9, 0.999), eps=1e-8, retraction="polar"):
-    """g = P_R(∇L); Adam moments of g; ξ = −lr·P_R(m̂/(sqrt(v̂) + ε)); R' = retract(R, ξ); m ← P_R'(m)."""
-    _check.tensor("R", R, ndim=2)
-    _check.tensor("grad", grad, ndim=2)
+    """g = P_R(∇L); Adam moments of g; ξ = −lr·P_R(m̂/(sqrt(v̂) + ε)); R' = retract(R, ξ); m ← P_R'(m).
+
+    R, grad: (r, d) or stacks (..., r, d) sharing one step count."""
+    _check.tensor("R", R, min_ndim=2)
+    _check.tensor("grad", grad, min_ndim=2)
     _check.same_dtype(R=R, grad=grad)
     _check.low_rank("R", R)
     _check.shape("grad", grad, R.shape)
@@ -122,22 +124,57 @@ class ReftOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One step of every parameter that has a gradient, all or nothing.
+
+        Every R of one shape, dtype, device and step count is stepped as one stack
+        (..., r, d): one batched retraction instead of one SVD per R. New values are
+        computed first and written in one `torch._foreach_copy_` at the end, so an
+        interrupt (Ctrl-C) leaves either the old step or the new one, never a mix, with
+        no copy of the parameters taken to undo it.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        updates = []  # (param, new value, new state)
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p] or None
-                kwargs = {"lr": group["lr"], "betas": group["betas"], "eps": group["eps"]}
-                if group["manifold"] == "stiefel":
-                    new_p, new_state = riemannian_adam_step(
-                        p, p.grad, state, retraction=group["retraction"], **kwargs)
-                else:
-                    new_p, new_state = adamw_step(
-                        p, p.grad, state, weight_decay=group["weight_decay"], **kwargs)
-                p.copy_(new_p)
+            params = [p for p in group["params"] if p.grad is not None]
+            kwargs = {"lr": group["lr"], "betas": group["betas"], "eps": group["eps"]}
+            if group["manifold"] == "stiefel":
+                for stack in _stacks(params, self.state):
+                    updates += _stiefel_updates(stack, self.state, group["retraction"], kwargs)
+            else:
+                for p in params:
+                    new_p, new_state = adamw_step(p, p.grad, self.state[p] or None,
+                                                  weight_decay=group["weight_decay"], **kwargs)
+                    updates.append((p, new_p, new_state))
+        if updates:
+            torch._foreach_copy_([p for p, _, _ in updates], [new for _, new, _ in updates])
+            for p, _, new_state in updates:
                 self.state[p] = new_state
         return loss
+
+
+def _stacks(params, state) -> list[list]:
+    """Parameters grouped by (shape, dtype, device, step count), in first-seen order."""
+    stacks: dict[tuple, list] = {}
+    for p in params:
+        key = (tuple(p.shape), p.dtype, p.device, int(state[p].get("step", 0)) if state[p] else 0)
+        stacks.setdefault(key, []).append(p)
+    return list(stacks.values())
+
+
+def _stiefel_updates(stack, state, retraction, kwargs) -> list[tuple]:
+    """riemannian_adam_step on the stack (K, r, d) of `stack`'s R; the K updates, unstacked."""
+    R = torch.stack(stack)  # (K, r, d)
+    grad = torch.stack([p.grad for p in stack])  # (K, r, d)
+    old = [state[p] or None for p in stack]
+    stacked_state = None if old[0] is None else {
+        "step": old[0]["step"],
+        "exp_avg": torch.stack([s["exp_avg"] for s in old]),
+        "exp_avg_sq": torch.stack([s["exp_avg_sq"] for s in old]),
+    }
+    new_R, new = riemannian_adam_step(R, grad, stacked_state, retraction=retraction, **kwargs)
+    return [(p, new_R[k], {"step": new["step"], "exp_avg": new["exp_avg"][k],
+                           "exp_avg_sq": new["exp_avg_sq"][k]})
+            for k, p in enumerate(stack)]

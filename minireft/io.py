@@ -115,14 +115,25 @@ def save_adapter(path, config: ReftConfig, params: dict, *, base_model: str | No
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         for name, data in extra_files.items():
             (tmp / name).write_bytes(data)
+        file_mode, folder_mode = umask_modes()
         for f in (WEIGHTS_FILE, CONFIG_FILE, *extra_files):
+            (tmp / f).chmod(file_mode)  # the safetensors writer makes owner-only files
             with open(tmp / f, "rb") as fh:
                 os.fsync(fh.fileno())
+        tmp.chmod(folder_mode)
         _swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def umask_modes() -> tuple[int, int]:
+    """(0o666 & ~umask, 0o777 & ~umask): the modes open() and mkdir() give a new file and
+    folder, so that an adapter's files are as readable as any other file the user writes."""
+    mask = os.umask(0o022)  # the only portable way to read it is to set it, then restore it
+    os.umask(mask)
+    return 0o666 & ~mask, 0o777 & ~mask
 
 
 def _swap_in(tmp: Path, path: Path) -> None:

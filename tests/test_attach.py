@@ -11,10 +11,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+import numpy as np
 import tiny_models as tiny
+from strategies import assert_close, unit_roundoff
 from torch import nn
 
-from minireft import ReftConfig
+from minireft import ReftConfig, edit
+from minireft.edit import layer_params
 from minireft.hf.blocks import find_blocks
 from minireft.positions import intervention_positions
 from minireft.torch import ReftModel, ReftOptimizer, attach, direft, loreft
@@ -143,6 +146,11 @@ def test_edit_lands_exactly_at_the_computed_positions(name, side):
     changed = (seen[1] - seen[0]).abs().amax(-1) > 0  # (B, L)
     got = {tuple(x) for x in changed.nonzero().tolist()}
     assert got == _expected_positions(mask, prompt_lengths, 1, 2), f"{name}: edited {sorted(got)}"
+    # The hook is the mirror of the spec: the block's output is minireft.edit of the base one.
+    spec = edit(seen[0].numpy(), mask.numpy(), prompt_lengths.numpy(), reft.config,
+                layer_params(reft.adapter_state(), 1))
+    assert_close(seen[1].numpy(), spec, atol=64 * unit_roundoff(np.float32) * (1 + np.abs(spec).max()),
+                 what="hooked block output vs minireft.edit", case=name)
     # HF's output_hidden_states recorder (a hook installed before attach) sees the edited state.
     assert torch.equal(out.hidden_states[2], seen[1])
     assert not torch.equal(out.logits, base)

@@ -83,8 +83,10 @@ def _layer_list(text: str) -> list[int]:
 
 def _add_model_args(p) -> None:
     p.add_argument("--model", required=True, metavar="PATH_OR_NAME",
-                   help="the base model: a local Hugging Face folder, or 'smollm2' (the packaged "
-                        "SmolLM2-135M-Instruct); nothing is downloaded")
+                   help="the base model: a local Hugging Face folder, a .gguf file (or a folder "
+                        "holding one; converted once and cached), a hub name already in the local "
+                        "Hugging Face cache, or 'smollm2' (the packaged SmolLM2-135M-Instruct); "
+                        "nothing is downloaded")
     p.add_argument("--model-dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="the base model's dtype (the adapter stays float32; default float32)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -159,8 +161,14 @@ def _load_base(args, task: str):
     else:
         from transformers import AutoModel, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
-        model = AutoModel.from_pretrained(args.model, local_files_only=True, dtype=dtype).eval()
+        from minireft.hf.loading import resolve_model
+
+        kind, source = resolve_model(args.model)  # a missing path: the path checked, in one line
+        if kind not in ("folder", "hub"):
+            raise ValueError(f"--task classification needs an encoder's Hugging Face folder; "
+                             f"--model {args.model} is a GGUF causal LM")
+        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+        model = AutoModel.from_pretrained(str(source), local_files_only=True, dtype=dtype).eval()
     return model.to(_device(args.device)), tokenizer
 
 
@@ -381,13 +389,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TORCH_COMMANDS = ("train", "generate", "demo", "eval")  # the subcommands that run a model
+
+
+def _needs_torch(command: str) -> str | None:
+    """None when torch and transformers import; else the one-line error with the pip commands."""
+    import importlib
+
+    missing = []
+    for module in ("torch", "transformers"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if not missing:
+        return None
+    return (f"minireft {command}: needs {' and '.join(missing)}, not installed; install with "
+            f"`pip install 'minireft[torch]'` (without a GPU, first `pip install torch` from "
+            f"PyTorch's CPU-only wheels, far smaller than the default CUDA build)")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return args.func(args)
+    try:
+        problem = _needs_torch(args.command) if args.command in TORCH_COMMANDS else None
+        if problem:
+            print(problem, file=sys.stderr)
+            return 2
+        return args.func(args)
+    except KeyboardInterrupt:  # a subcommand that has no handler of its own
+        print(f"minireft {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

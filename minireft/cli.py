@@ -7,16 +7,22 @@ Each subcommand is a pair of small functions registered once, in SUBCOMMANDS:
 torch imports it inside its `_run_` function, so `minireft check --backend minireft`
 runs on a NumPy-only install.
 
-Exit status: 0 success, 1 a check failed, 2 a usage error (bad arguments, a backend
-that cannot be imported, a filter that matches no case, unreadable data or model),
-130 training interrupted (the last completed step's adapter is saved).
+Exit status: 0 success, 1 a check failed or a training run stopped (a non-finite loss, an
+error mid-run: its last completed step is kept in <output>.partial-<time>), 2 a usage error
+(bad arguments, a backend that cannot be imported, a filter that matches no case, unreadable
+data, model or adapter, an --output that holds an adapter without --overwrite), 130
+interrupted (Ctrl-C; training keeps its last completed step as a failure does). Errors and
+warnings are one line each on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import os
 import sys
+import warnings
 
 from minireft import SPEC_VERSION, __version__
 
@@ -70,8 +76,6 @@ def _run_check(args) -> int:
 
 # ---------------------------------------------------------------------------- train
 
-TRAIN_LOG = "train_log.json"  # written beside the adapter: the run's arguments and history
-
 
 def _layer_list(text: str) -> list[int]:
     """"8" → [8]; "4,8" → [4, 8] (also repeatable: --layers 4 8)."""
@@ -92,7 +96,36 @@ def _add_model_args(p) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(command: str):
+    """Show every warning raised inside as one line on stderr: "minireft <command>: warning: …"."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"minireft {command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    with warnings.catch_warnings():  # restores showwarning on the way out
+        warnings.showwarning = show
+        yield
+
+
+def _one_line(command: str, exc: BaseException) -> str:
+    """"minireft <command>: <Type>: <message>[; <train()'s note>]" on one line."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    notes = "; ".join(getattr(exc, "__notes__", []))
+    return " ".join(f"minireft {command}: {text}{'; ' + notes if notes else ''}".split())
+
+
+def _run_stopped(exc: BaseException) -> bool:
+    """True when train() stopped mid-run (it noted where the last step went), False for an
+    error before training started (a usage error)."""
+    return any(n.startswith("training stopped") for n in getattr(exc, "__notes__", []))
+
+
 def _add_train(sub) -> argparse.ArgumentParser:
+    from minireft.config import INITS, INTERVENTIONS, ReftConfig
+    from minireft.hf.recipe import LAYER_FRACTIONS, LOG_FILE, PLOT_FILE, TRAIN
+
+    reft_default = {f.name: f.default for f in dataclasses.fields(ReftConfig)}
+    fractions = ", ".join(f"{f:.3g}" for f in LAYER_FRACTIONS)
     p = sub.add_parser(
         "train",
         help="train a ReFT adapter on a JSONL file",
@@ -100,39 +133,57 @@ def _add_train(sub) -> argparse.ArgumentParser:
                     "each JSONL line is {\"prompt\": ..., \"completion\": ...} and the loss is on "
                     "completion tokens only. --task classification: each line is {\"text\" (or "
                     "\"prompt\"): ..., \"label\": int}, for an encoder, with a trained linear head. "
-                    f"Writes the adapter and {TRAIN_LOG} to --output.")
+                    f"Writes the adapter, {LOG_FILE} and {PLOT_FILE} (with matplotlib) into a new "
+                    "folder beside --output, moved into --output when training ends well; a run "
+                    "that stops keeps its last step in <output>.partial-<time> and leaves --output "
+                    "untouched. Every default below is the library's (minireft.hf.recipe.TRAIN, "
+                    "ReftConfig).")
     _add_model_args(p)
     p.add_argument("--data", required=True, metavar="FILE.jsonl", help="training examples")
     p.add_argument("--eval", metavar="FILE.jsonl", help="held-out examples, evaluated after every epoch")
     p.add_argument("--output", required=True, metavar="DIR", help="the adapter folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an adapter already in --output")
     p.add_argument("--task", choices=("lm", "classification"), default="lm")
     g = p.add_argument_group("the intervention")
-    g.add_argument("--layers", type=_layer_list, nargs="+", default=[[8]], metavar="L",
-                   help="0-based block indices, e.g. 8 or 4,8 (default 8)")
-    g.add_argument("--rank", type=int, default=4, help="the subspace rank r (default 4)")
-    g.add_argument("--positions", default="f7+l7", help="edited prompt tokens: f<p>+l<s> (default f7+l7)")
+    g.add_argument("--layers", type=_layer_list, nargs="+", metavar="L",
+                   help="0-based block indices, e.g. 8 or 4,8 (default: block round(f·n) of an "
+                        f"n-block model for f in {fractions}; 4,8 of 30)")
+    g.add_argument("--rank", type=int, default=reft_default["rank"],
+                   help="the subspace rank r (default %(default)s)")
+    g.add_argument("--positions", default=reft_default["positions"],
+                   help="edited prompt tokens: f<p>+l<s>, f<p> or l<s> (default %(default)s)")
     g.add_argument("--tied", action="store_true", help="one intervention for prefix and suffix positions")
-    g.add_argument("--intervention", choices=("loreft", "direft"), default="loreft")
-    g.add_argument("--init", choices=("paper", "identity"), default="paper")
-    g.add_argument("--dropout", type=float, default=0.0, help="dropout on the edit (default 0)")
+    g.add_argument("--intervention", choices=tuple(INTERVENTIONS), default=reft_default["intervention"],
+                   help="(default %(default)s)")
+    g.add_argument("--init", choices=INITS, default=reft_default["init"], help="(default %(default)s)")
+    g.add_argument("--dropout", type=float, default=reft_default["dropout"],
+                   help="dropout on the edit (default %(default)s)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=1)
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    g.add_argument("--lr", type=float, default=4e-3)
-    g.add_argument("--weight-decay", type=float, default=0.0, help="on W, b (never on R)")
-    g.add_argument("--warmup-ratio", type=float, default=0.1)
+    g.add_argument("--epochs", type=int, default=TRAIN.epochs,
+                   help="passes over the data (default: enough for at least --min-steps optimizer steps)")
+    g.add_argument("--min-steps", type=int, default=TRAIN.min_steps,
+                   help="the fewest optimizer steps when --epochs is not given (default %(default)s)")
+    g.add_argument("--batch-size", type=int, default=TRAIN.batch_size, help="(default %(default)s)")
+    g.add_argument("--grad-accum", type=int, default=TRAIN.grad_accum,
+                   help="micro-batches per optimizer step (default %(default)s)")
+    g.add_argument("--lr", type=float, default=TRAIN.lr,
+                   help="peak learning rate, after a linear warmup, before a linear decay (default %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=TRAIN.weight_decay,
+                   help="on W, b (never on R) (default %(default)s)")
+    g.add_argument("--warmup-ratio", type=float, default=TRAIN.warmup_ratio, help="(default %(default)s)")
     g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    g.add_argument("--max-length", type=int, default=512, help="tokens per example (default 512)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max-length", type=int, default=TRAIN.max_length,
+                   help="tokens per example (default %(default)s)")
+    g.add_argument("--seed", type=int, default=TRAIN.seed, help="(default %(default)s)")
     g.add_argument("--chat-template", action="store_true",
-                   help="wrap each prompt in the tokenizer's chat template (one user turn)")
+                   help="wrap each prompt in the tokenizer's chat template (one user turn); the adapter "
+                        "records it, so generate applies it too")
     g = p.add_argument_group("classification")
     g.add_argument("--num-labels", type=int, help="classes (default: the largest label + 1)")
     g.add_argument("--pooling", choices=("first", "mean"), default="first",
                    help="the head reads the first token ([CLS]) or the mean of the tokens")
     g = p.add_argument_group("logging and checkpoints")
-    g.add_argument("--save-every", type=int, help="also save the adapter every N steps")
+    g.add_argument("--save-every", type=int, help="also save a checkpoint every N steps")
     g.add_argument("--log-every", type=int, help="print the loss every N steps")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
@@ -172,17 +223,6 @@ def _load_base(args, task: str):
     return model.to(_device(args.device)), tokenizer
 
 
-def _check_output(path) -> None:
-    """Refuse, before training, a --output that save_pretrained would refuse after it."""
-    from pathlib import Path
-
-    from minireft.io import CONFIG_FILE
-
-    out = Path(path)
-    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / CONFIG_FILE).is_file()):
-        raise FileExistsError(f"--output {out} exists and is not an adapter folder; choose a new folder")
-
-
 def _read_examples(path, task: str) -> list[dict]:
     from minireft.hf.jsonl import read_jsonl
 
@@ -191,14 +231,32 @@ def _read_examples(path, task: str) -> list[dict]:
     return read_jsonl(path, required=("prompt", "completion") if task == "lm" else ())
 
 
-def _build_model(args, model, train_examples):
-    """attach(model, config), wrapped in a ReftClassifier for classification."""
+def _reft_config(args, num_layers: int | None):
+    """The ReftConfig of the flags (validated); --layers defaults to the recipe's blocks of a
+    num_layers-block model. None when that default is needed but the depth is unknown."""
     from minireft import ReftConfig
-    from minireft.torch import attach
+    from minireft.hf.recipe import default_layers
 
-    config = ReftConfig(layers=sorted({x for group in args.layers for x in group}), rank=args.rank,
-                        positions=args.positions, tied=args.tied, intervention=args.intervention,
-                        init=args.init, dropout=args.dropout)
+    if args.layers is not None:
+        layers = sorted({x for group in args.layers for x in group})
+    elif num_layers is not None:
+        layers = default_layers(num_layers)
+    else:
+        return None
+    return ReftConfig(layers=layers, rank=args.rank, positions=args.positions, tied=args.tied,
+                      intervention=args.intervention, init=args.init, dropout=args.dropout)
+
+
+def _dims_of(model) -> tuple[int, int]:
+    from minireft.hf.blocks import find_blocks, hidden_size_of
+
+    return len(find_blocks(model)[1]), hidden_size_of(model)
+
+
+def _build_model(args, config, model, train_examples):
+    """attach(model, config), wrapped in a ReftClassifier for classification."""
+    from minireft.hf.model import attach
+
     reft_model = attach(model, config, seed=args.seed)
     if args.task == "lm":
         return reft_model
@@ -211,38 +269,39 @@ def _build_model(args, model, train_examples):
 
 
 def _run_train(args) -> int:
-    import json
-    import time
-    from pathlib import Path
+    from minireft import io
 
-    from minireft.hf import training
+    with _warnings_as_lines("train"):
+        try:
+            # everything that can be checked without the weights, before they load
+            io.check_output(args.output, overwrite=args.overwrite)
+            train_examples = _read_examples(args.data, args.task)
+            eval_examples = _read_examples(args.eval, args.task) if args.eval else None
+            from minireft.hf import preflight, training
 
-    started = time.time()
-    try:
-        _check_output(args.output)
-        train_examples = _read_examples(args.data, args.task)
-        eval_examples = _read_examples(args.eval, args.task) if args.eval else None
-        model, tokenizer = _load_base(args, args.task)
-        reft_model = _build_model(args, model, train_examples)
-        result = training.train(
-            reft_model, tokenizer, train_examples, eval_examples=eval_examples, task=args.task,
-            epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-            weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, seed=args.seed,
-            chat_template=args.chat_template, max_length=min(args.max_length, tokenizer.model_max_length),
-            max_steps=args.max_steps, progress=not args.quiet, log_every=args.log_every,
-            output_dir=args.output, save_every=args.save_every)
-    except KeyboardInterrupt:
-        config_file = Path(args.output) / "reft_config.json"
-        saved = config_file.is_file() and config_file.stat().st_mtime >= started
-        print("minireft train: interrupted; "
-              + (f"the adapter of the last completed step is in {args.output}" if saved else
-                 "no step had completed, nothing saved"), file=sys.stderr)
-        return 130
-    except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError, FloatingPointError) as exc:
-        print(f"minireft train: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    log = {"args": {k: v for k, v in vars(args).items() if k != "func"}, **result.to_dict()}
-    (Path(args.output) / TRAIN_LOG).write_text(json.dumps(log, indent=2) + "\n")
+            dims = preflight.model_dims(args.model)
+            config = _reft_config(args, dims[0] if dims else None)
+            if config is not None:
+                preflight.check_fits(config, dims, args.model)
+            model, tokenizer = _load_base(args, args.task)
+            config = config or _reft_config(args, _dims_of(model)[0])
+            reft_model = _build_model(args, config, model, train_examples)
+            result = training.train(
+                reft_model, tokenizer, train_examples, eval_examples=eval_examples, task=args.task,
+                epochs=args.epochs, min_steps=args.min_steps, batch_size=args.batch_size,
+                grad_accum=args.grad_accum, lr=args.lr, weight_decay=args.weight_decay,
+                warmup_ratio=args.warmup_ratio, seed=args.seed, chat_template=args.chat_template,
+                max_length=min(args.max_length, tokenizer.model_max_length), max_steps=args.max_steps,
+                progress=not args.quiet, log_every=args.log_every, output_dir=args.output,
+                overwrite=args.overwrite, save_every=args.save_every,
+                log_info={"args": {k: v for k, v in vars(args).items() if k != "func"}})
+        except KeyboardInterrupt as exc:
+            exc.args = exc.args or ("interrupted",)
+            print(_one_line("train", exc), file=sys.stderr)
+            return 130
+        except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError, FloatingPointError) as exc:
+            print(_one_line("train", exc), file=sys.stderr)
+            return 1 if _run_stopped(exc) else 2
     print(_train_summary(reft_model, result, args.output))
     return 0
 
@@ -265,7 +324,9 @@ def _add_generate(sub) -> argparse.ArgumentParser:
         "generate",
         help="complete a prompt with a trained adapter",
         description="Load the base model, attach the adapter from --adapter and print the "
-                    "completion of --prompt (the new text only). Greedy unless --sample.")
+                    "completion of --prompt (the new text only). Greedy unless --sample. The "
+                    "prompt is built as the adapter's training prompts were (chat template or "
+                    "not, recorded in the adapter).")
     _add_model_args(p)
     p.add_argument("--adapter", required=True, metavar="DIR", help="a folder written by `minireft train`")
     p.add_argument("--prompt", required=True, help="the prompt (the user message)")
@@ -278,49 +339,44 @@ def _add_generate(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _trained_with_chat_template(adapter) -> bool:
-    """What `minireft train` used for this adapter (its train_log.json), else False."""
-    import json
-    from pathlib import Path
-
-    try:
-        return bool(json.loads((Path(adapter) / TRAIN_LOG).read_text())["args"]["chat_template"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
 def _run_generate(args) -> int:
     from pathlib import Path
 
-    from minireft.hf.classify import HEAD_FILE
-    from minireft.hf.generation import generate_text
-    from minireft.hf.model import ReftModel
+    with _warnings_as_lines("generate"):
+        try:
+            from minireft.hf import preflight
+            from minireft.hf.classify import HEAD_FILE
 
-    chat = args.chat_template if args.chat_template is not None else _trained_with_chat_template(args.adapter)
-    try:
-        if (Path(args.adapter) / HEAD_FILE).is_file():
-            raise ValueError(f"{args.adapter} holds a classifier (it has {HEAD_FILE}); generate needs a "
-                             "language-modelling adapter")
-        model, tokenizer = _load_base(args, "lm")
-        reft_model = ReftModel.from_pretrained(model, args.adapter)
-        text = generate_text(reft_model, tokenizer, args.prompt, chat_template=chat,
-                             max_new_tokens=args.max_new_tokens, sample=args.sample,
-                             temperature=args.temperature, seed=args.seed)
-    except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError) as exc:
-        print(f"minireft generate: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+            preflight.check_adapter(args.adapter, preflight.model_dims(args.model), args.model)
+            if (Path(args.adapter) / HEAD_FILE).is_file():
+                raise ValueError(f"{args.adapter} holds a classifier (it has {HEAD_FILE}); generate needs a "
+                                 "language-modelling adapter")
+            from minireft.hf.generation import generate_text
+            from minireft.hf.model import ReftModel
+
+            model, tokenizer = _load_base(args, "lm")
+            # the adapter's prompt format, and a warning if this tokenizer's template differs
+            reft_model = ReftModel.from_pretrained(
+                model, args.adapter, tokenizer=tokenizer if args.chat_template is None else None)
+            text = generate_text(reft_model, tokenizer, args.prompt, chat_template=args.chat_template,
+                                 max_new_tokens=args.max_new_tokens, sample=args.sample,
+                                 temperature=args.temperature, seed=args.seed)
+        except KeyboardInterrupt:
+            print("minireft generate: interrupted", file=sys.stderr)
+            return 130
+        except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError) as exc:
+            print(_one_line("generate", exc), file=sys.stderr)
+            return 2
     print(text)
     return 0
 
 
 # ---------------------------------------------------------------------------- demo
 
-# minireft.demo.demo.DEFAULTS, repeated so that --help needs no torch (tests/test_demo.py compares them)
-DEMO = {"output": "runs/demo", "n_train": 256, "n_eval": 200, "layers": "14,20", "rank": 4,
-        "positions": "l3", "epochs": 1, "batch_size": 8, "lr": 4e-3}
-
 
 def _add_demo(sub) -> argparse.ArgumentParser:
+    from minireft.demo.defaults import DEFAULT_OUTPUT_DIR, DEFAULTS
+
     p = sub.add_parser(
         "demo",
         help="train LoReFT on SmolLM2-135M for review sentiment, offline, in minutes on a CPU",
@@ -328,17 +384,18 @@ def _add_demo(sub) -> argparse.ArgumentParser:
                     "on held-out Rotten Tomatoes reviews (positive/negative), train a LoReFT adapter "
                     "on a few hundred reviews, measure again, show a few generations, save the "
                     "adapter and print a summary table.")
-    p.add_argument("--output", default=DEMO["output"], metavar="DIR",
-                   help=f"the adapter folder to write (default {DEMO['output']})")
-    p.add_argument("--n-train", type=int, default=DEMO["n_train"], help="training reviews")
-    p.add_argument("--n-eval", type=int, default=DEMO["n_eval"], help="held-out reviews")
-    p.add_argument("--layers", type=_layer_list, default=_layer_list(DEMO["layers"]), metavar="L",
-                   help=f"0-based blocks, e.g. 14,20 (default {DEMO['layers']})")
-    p.add_argument("--rank", type=int, default=DEMO["rank"])
-    p.add_argument("--positions", default=DEMO["positions"], help=f"default {DEMO['positions']}")
-    p.add_argument("--epochs", type=int, default=DEMO["epochs"])
-    p.add_argument("--batch-size", type=int, default=DEMO["batch_size"])
-    p.add_argument("--lr", type=float, default=DEMO["lr"])
+    p.add_argument("--output", default=DEFAULT_OUTPUT_DIR, metavar="DIR",
+                   help="the adapter folder to write (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace an adapter already in --output")
+    p.add_argument("--n-train", type=int, default=DEFAULTS["n_train"], help="training reviews (default %(default)s)")
+    p.add_argument("--n-eval", type=int, default=DEFAULTS["n_eval"], help="held-out reviews (default %(default)s)")
+    p.add_argument("--layers", type=_layer_list, default=list(DEFAULTS["layers"]), metavar="L",
+                   help=f"0-based blocks, e.g. 14,20 (default {','.join(map(str, DEFAULTS['layers']))})")
+    p.add_argument("--rank", type=int, default=DEFAULTS["rank"], help="(default %(default)s)")
+    p.add_argument("--positions", default=DEFAULTS["positions"], help="(default %(default)s)")
+    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="(default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="(default %(default)s)")
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="(default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -346,23 +403,28 @@ def _add_demo(sub) -> argparse.ArgumentParser:
 
 
 def _run_demo(args) -> int:
-    from minireft.demo.demo import run_demo
+    from minireft import io
 
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
+    with _warnings_as_lines("demo"):
+        try:
+            io.check_output(args.output, overwrite=args.overwrite)
+            from minireft.demo.demo import run_demo
 
-        hf_logging.disable_progress_bar()
-    try:
-        _check_output(args.output)
-        run_demo(args.output, n_train=args.n_train, n_eval=args.n_eval, seed=args.seed,
-                 layers=args.layers, rank=args.rank, positions=args.positions, epochs=args.epochs,
-                 batch_size=args.batch_size, lr=args.lr, threads=args.threads, progress=not args.quiet)
-    except KeyboardInterrupt:
-        print("minireft demo: interrupted", file=sys.stderr)
-        return 130
-    except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError, FloatingPointError) as exc:
-        print(f"minireft demo: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+            if args.quiet:
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
+            run_demo(args.output, n_train=args.n_train, n_eval=args.n_eval, seed=args.seed,
+                     layers=args.layers, rank=args.rank, positions=args.positions, epochs=args.epochs,
+                     batch_size=args.batch_size, lr=args.lr, threads=args.threads,
+                     progress=not args.quiet, overwrite=args.overwrite)
+        except KeyboardInterrupt as exc:
+            exc.args = exc.args or ("interrupted",)
+            print(_one_line("demo", exc), file=sys.stderr)
+            return 130
+        except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError, FloatingPointError) as exc:
+            print(_one_line("demo", exc), file=sys.stderr)
+            return 1 if _run_stopped(exc) else 2
     return 0
 
 

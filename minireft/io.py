@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from minireft.stiefel import orthonormality_error
 
 CONFIG_FILE = "reft_config.json"
 WEIGHTS_FILE = "reft_model.safetensors"
-META_FIELDS = ("hidden_size", "base_model", "minireft_version", "spec_version")
+# prompt_format (optional): how the training prompts were built (minireft.hf.prompt_format)
+META_FIELDS = ("hidden_size", "base_model", "minireft_version", "spec_version", "prompt_format")
 # Largest max|RRᵀ − I| accepted when saving or loading; the after-training bounds of the
 # tolerance policy (reference/SPEC.md) are 1e-12 (float64) and 1e-5 (float32), so these
 # leave margin without accepting a non-orthonormal R.
@@ -81,11 +83,12 @@ def check_params(config: ReftConfig, params: dict, hidden_size: int | None = Non
 
 
 def save_adapter(path, config: ReftConfig, params: dict, *, base_model: str | None = None,
-                 extra_files: dict[str, bytes] | None = None) -> Path:
+                 extra_files: dict[str, bytes] | None = None, prompt_format: dict | None = None) -> Path:
     """Write the adapter folder `path` atomically; replace an existing adapter there.
 
     extra_files: {file name: bytes} written into the same folder inside the same atomic
     swap (a classification head, say), so the folder is never seen without them.
+    prompt_format: a JSON-able dict stored as reft_config.json's "prompt_format" (omitted when None).
     """
     path = Path(path)
     hidden_size = check_params(config, params)
@@ -106,6 +109,8 @@ def save_adapter(path, config: ReftConfig, params: dict, *, base_model: str | No
         "minireft_version": minireft_version,
         "spec_version": spec_version,
     }
+    if prompt_format is not None:
+        meta["prompt_format"] = prompt_format
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
@@ -149,6 +154,57 @@ def _swap_in(tmp: Path, path: Path) -> None:
         os.replace(old, path)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def is_adapter(path) -> bool:
+    """True when `path` is a folder with a reft_config.json."""
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def check_output(path, *, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output folder that a run must not replace: a file or a
+    non-empty folder that is not an adapter (always), an adapter (unless overwrite)."""
+    path = Path(path)
+    if path.is_file() or (path.is_dir() and any(path.iterdir()) and not is_adapter(path)):
+        raise FileExistsError(f"{path} exists and is not an adapter folder; choose a new folder")
+    if is_adapter(path) and not overwrite:
+        raise FileExistsError(f"{path} already holds an adapter; replace it with --overwrite "
+                              f"(overwrite=True in Python) or choose another folder")
+
+
+def staging_dir(path) -> Path:
+    """A fresh empty folder <name>.tmp-<hex> beside `path` (the same filesystem, so that
+    `publish` is one rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f"{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    return staging
+
+
+def publish(staging, path) -> Path:
+    """Move the finished folder `staging` to `path`: its files are synced, then one rename
+    (an adapter already at `path` is moved aside first and removed last)."""
+    staging, path = Path(staging), Path(path)
+    for f in staging.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    _swap_in(staging, path)
+    return path
+
+
+def keep_partial(staging, path) -> Path:
+    """Rename `staging` to <name>.partial-<UTC YYYYmmdd-HHMMSS>[-k] beside `path`; return it."""
+    staging, path = Path(staging), Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    target = path.parent / f"{path.name}.partial-{stamp}"
+    k = 1
+    while target.exists():
+        k += 1
+        target = path.parent / f"{path.name}.partial-{stamp}-{k}"
+    os.replace(staging, target)
+    return target
 
 
 def read_meta(path) -> dict:

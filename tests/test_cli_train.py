@@ -14,6 +14,7 @@ pytest.importorskip("transformers")
 from test_train import PAIRS, _toy_classification, tiny_bert, tiny_llama, tiny_tokenizer
 
 from minireft.cli import main
+from minireft.hf.training import train as real_train
 from minireft.io import load_adapter
 
 
@@ -133,23 +134,161 @@ def test_refuses_a_non_adapter_output_before_training(llama_dir, tmp_path, capsy
     assert "missing.jsonl" in capsys.readouterr().err
 
 
-def test_interrupt_exits_130_and_keeps_the_checkpoint(llama_dir, tmp_path, capsys, monkeypatch):
-    from minireft.hf import training
+def folder_bytes(path) -> dict:
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
 
-    real_train = training.train
 
-    def interrupted(model, *args, **kwargs):
-        kwargs["max_steps"] = 1
-        real_train(model, *args, **kwargs)  # one step completes and is saved
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(training, "train", interrupted)
+@pytest.fixture
+def trained(llama_dir, tmp_path):
+    """An adapter folder from a good `minireft train` run, and its bytes."""
     data = write_jsonl(tmp_path / "train.jsonl", PAIRS)
     out = tmp_path / "adapter"
-    rc = main(["train", "--model", llama_dir, "--data", data, "--output", str(out), "--layers", "1",
-               "--quiet"])
-    assert rc == 130 and "last completed step" in capsys.readouterr().err
-    load_adapter(out)
+    assert main(["train", "--model", llama_dir, "--data", data, "--output", str(out), "--layers", "1",
+                 "--max-steps", "2", "--quiet"]) == 0
+    return out, folder_bytes(out), data
+
+
+def test_sigint_keeps_the_old_adapter_and_the_last_step(llama_dir, trained):
+    """A real Ctrl-C (SIGINT) to `python -m minireft train --overwrite` after its first step:
+    exit 130, the old adapter byte-identical, the last completed step in one partial folder
+    whose path is printed on one line."""
+    import os
+    import signal
+    import threading
+    from pathlib import Path
+
+    out, before, data = trained
+    cmd = [sys.executable, "-m", "minireft", "train", "--model", llama_dir, "--data", data, "--output",
+           str(out), "--overwrite", "--layers", "1", "--epochs", "100000", "--batch-size", "1",
+           "--log-every", "1", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
+    watchdog = threading.Timer(600, proc.kill)  # a hung child fails the test instead of hanging it
+    watchdog.start()
+    try:
+        seen = []
+        for line in proc.stderr:  # wait until a step has completed
+            seen.append(line)
+            if line.startswith("step 1/"):
+                break
+        assert seen and seen[-1].startswith("step 1/"), "".join(seen)
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=300)
+    finally:
+        watchdog.cancel()
+        proc.kill()
+    assert proc.returncode == 130, rest
+    assert folder_bytes(out) == before, "Ctrl-C changed the previous adapter"
+    (partial,) = out.parent.glob("adapter.partial-*")
+    assert not list(out.parent.glob("adapter.tmp-*")), "the staging folder was left behind"
+    lines = [line for line in rest.splitlines() if not line.startswith("step ")]
+    assert len(lines) == 1 and lines[0].startswith("minireft train: KeyboardInterrupt"), rest
+    assert f"its adapter is in {partial};" in lines[0] and f"{out} is untouched" in lines[0], lines[0]
+    assert "Traceback" not in rest
+    log = json.loads((partial / "train_log.json").read_text())
+    assert log["stopped"]["step"] >= 1 and len(log["losses"]) == log["stopped"]["step"]
+    load_adapter(partial)
+
+
+def test_non_finite_loss_exits_1_and_keeps_the_old_adapter(llama_dir, trained, capsys):
+    out, before, data = trained
+    # (edits at both blocks: one huge edit alone is tamed by the RMSNorm after it, two are not)
+    rc = main(["train", "--model", llama_dir, "--data", data, "--output", str(out), "--overwrite", "--layers",
+               "0,1", "--lr", "1e30", "--epochs", "5", "--batch-size", "1", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1, err
+    assert folder_bytes(out) == before
+    (partial,) = out.parent.glob("adapter.partial-*")
+    assert len(err.splitlines()) == 1 and "FloatingPointError" in err and str(partial) in err, err
+    load_adapter(partial)  # the last good step loads
+
+
+def _no_weights(monkeypatch):
+    """Make loading the base model fail the test: what follows must be refused before it."""
+    from minireft import cli
+
+    monkeypatch.setattr(cli, "_load_base", lambda *a, **k: pytest.fail("the model's weights were loaded"))
+
+
+def test_an_adapter_in_output_is_refused_before_the_model_loads(llama_dir, trained, capsys, monkeypatch):
+    out, before, data = trained
+    _no_weights(monkeypatch)
+    rc = main(["train", "--model", llama_dir, "--data", data, "--output", str(out), "--layers", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "already holds an adapter" in err and "--overwrite" in err, err
+    assert folder_bytes(out) == before
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--rank", "64"], ["rank 64", "hidden size 32"]),
+    (["--rank", "0"], ["rank must be an int >= 1"]),
+    (["--layers", "1,5"], ["[5] out of range", "2 blocks, 0..1"]),
+    (["--positions", "x3"], ["positions"]),
+])
+def test_bad_intervention_flags_are_refused_before_the_model_loads(llama_dir, tmp_path, capsys, monkeypatch,
+                                                                    flags, words):
+    data = write_jsonl(tmp_path / "train.jsonl", PAIRS)
+    _no_weights(monkeypatch)
+    args = ["train", "--model", llama_dir, "--data", data, "--output", str(tmp_path / "a")]
+    rc = main(args + (["--layers", "1"] if "--layers" not in flags else []) + flags)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and all(w in err for w in words), err
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_missing_adapter_is_refused_before_the_model_loads(llama_dir, tmp_path, capsys, monkeypatch):
+    _no_weights(monkeypatch)
+    rc = main(["generate", "--model", llama_dir, "--adapter", str(tmp_path / "nope"), "--prompt", "x"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and f"no adapter folder at {tmp_path / 'nope'}" in err, err
+
+
+def test_the_jsonl_error_names_the_columns(llama_dir, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "train.jsonl", [{"input": "cat", "output": "m"}])
+    rc = main(["train", "--model", llama_dir, "--data", data, "--output", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    for word in ("train.jsonl:1", "'prompt'", "'completion'", "'input'", "'output'"):
+        assert word in err, (word, err)
+
+
+def test_ctrl_c_during_generate_exits_130(llama_dir, trained, capsys, monkeypatch):
+    from minireft.hf import generation
+
+    out, _, _ = trained
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generation, "generate_text", interrupted)
+    rc = main(["generate", "--model", llama_dir, "--adapter", str(out), "--prompt", "cat"])
+    assert rc == 130 and capsys.readouterr().err == "minireft generate: interrupted\n"
+
+
+def test_no_tuning_flags_pass_the_library_defaults(llama_dir, tmp_path, monkeypatch):
+    """`minireft train` without tuning flags calls train() with train()'s own defaults and
+    attaches ReftConfig's defaults at the recipe's layers for the model's depth."""
+    import inspect
+
+    from minireft import ReftConfig
+    from minireft.hf import training
+    from minireft.hf.recipe import default_layers
+
+    seen = {}
+
+    def spy(model, tokenizer, examples, **kwargs):
+        seen.update(kwargs, config=model.config)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train", spy)
+    data = write_jsonl(tmp_path / "train.jsonl", PAIRS)
+    assert main(["train", "--model", llama_dir, "--data", data, "--output", str(tmp_path / "a")]) == 130
+    defaults = inspect.signature(real_train).parameters
+    for name in ("epochs", "min_steps", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_ratio",
+                 "seed", "max_steps", "chat_template"):
+        assert seen[name] == defaults[name].default, name
+    assert seen["config"] == ReftConfig(layers=default_layers(2))
 
 
 def test_check_stays_torch_free():

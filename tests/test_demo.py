@@ -1,6 +1,6 @@
 """The demo's logic on a tiny random Llama and a word-level tokenizer built in memory (no
 files, no download, a few seconds): accuracy definitions, training, generations, the saved
-adapter and results, detach, the summary; and the CLI's copy of the demo defaults."""
+adapter and results, detach, the summary; an adapter already in the output folder."""
 
 from __future__ import annotations
 
@@ -131,17 +131,3 @@ def test_label_accuracy_definitions(one_thread):
 
     r = label_accuracy(Fixed(), tokenizer, examples, batch_size=4)
     assert r == {"accuracy": 0.5, "strict_accuracy": 0.25, "answer_rate": 0.75, "n": 4}
-
-
-def test_cli_demo_defaults_match_run_demo():
-    from minireft import cli
-    from minireft.demo import demo
-
-    d = demo.DEFAULTS
-    c = cli.DEMO
-    assert c["output"] == demo.DEFAULT_OUTPUT_DIR
-    assert [int(x) for x in c["layers"].split(",")] == list(d["layers"])
-    for key in ("n_train", "n_eval", "rank", "positions", "epochs", "batch_size", "lr"):
-        assert c[key] == d[key], key
-    args = cli.build_parser().parse_args(["demo"])
-    assert args.func is cli._run_demo and args.output == demo.DEFAULT_OUTPUT_DIR

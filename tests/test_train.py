@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 
 import pytest
 
@@ -99,6 +100,9 @@ def checksum(module) -> str:
 
 
 QUIET = {"progress": False}
+
+# Most runs here are a few steps on purpose; test_few_steps_warn_once checks the warning.
+pytestmark = pytest.mark.filterwarnings("ignore:this run takes:UserWarning")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -197,10 +201,12 @@ def test_completion_truncated_to_max_length():
 
 
 def test_linear_schedule_values():
+    """w = 4 of T = 20: step t = s + 1 runs at t / 4 while t <= 4, then (20 − s) / 16; never 0."""
     f = linear_schedule(warmup_steps=4, total_steps=20)
-    # warmup: t / 4; decay: (20 − t) / 16
-    assert [f(t) for t in (0, 1, 2, 3)] == [0.0, 0.25, 0.5, 0.75]
-    assert f(4) == 1.0 and f(12) == 0.5 and f(19) == 1 / 16 and f(20) == 0.0
+    assert [f(s) for s in (0, 1, 2, 3)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == 1.0 and f(12) == 0.5 and f(19) == 1 / 16
+    assert min(f(s) for s in range(20)) > 0
+    assert linear_schedule(0, 5)(0) == 1.0, "without warmup the first step runs at the full lr"
 
 
 def test_train_follows_the_schedule():
@@ -210,8 +216,59 @@ def test_train_follows_the_schedule():
     examples = [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(10)]
     result = train(model, tok, examples, epochs=2, batch_size=2, lr=1e-2, warmup_ratio=0.2, **QUIET)
     assert result.steps == result.total_steps == 10 and len(result.losses) == 10
-    want = [1e-2 * t / 2 for t in (0, 1)] + [1e-2 * (10 - t) / 8 for t in range(2, 10)]
+    want = [1e-2 * t / 2 for t in (1, 2)] + [1e-2 * (10 - s) / 8 for s in range(2, 10)]
     assert all(math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15) for a, b in zip(result.lrs, want)), result.lrs
+    assert min(result.lrs) > 0
+
+
+@pytest.mark.parametrize("n, batch_size, epochs, min_steps, max_steps, want", [
+    (4, 2, None, 64, None, (32, 64)),     # small data: ⌈64 / 2⌉ epochs of 2 steps
+    (4, 3, None, 5, None, (3, 6)),        # whole epochs: ⌈5 / 2⌉ = 3 epochs, 6 ≥ 5 steps
+    (100, 8, None, 5, None, (1, 13)),     # large data: one epoch
+    (4, 2, None, 64, 7, (4, 7)),          # max_steps alone sets the length
+    (4, 2, 3, 64, None, (3, 6)),          # explicit epochs win over min_steps
+    (4, 2, 3, 64, 5, (3, 5)),             # and max_steps caps them
+])
+def test_schedule_length(n, batch_size, epochs, min_steps, max_steps, want):
+    from minireft.hf.recipe import schedule
+
+    got = schedule(n, batch_size=batch_size, grad_accum=1, epochs=epochs, min_steps=min_steps,
+                   max_steps=max_steps)
+    assert (got[0], got[2]) == want and got[1] == -(-n // batch_size)
+
+
+def test_default_run_of_a_one_row_file_takes_min_steps_and_learns():
+    """One example, no tuning: min_steps steps, none at lr 0, and the loss goes down."""
+    from minireft.hf.recipe import TRAIN
+
+    tok = tiny_tokenizer()
+    model = reft(tiny_llama(), rank=4, positions="f2+l2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no few-steps warning either
+        result = train(model, tok, PAIRS[:1], **QUIET)
+    assert result.steps == result.total_steps == TRAIN.min_steps == result.epochs
+    assert min(result.lrs) > 0
+    assert result.losses[-1] < 0.5 * result.losses[0], result.losses[::8]
+
+
+def test_few_steps_warn_once():
+    from minireft.hf.recipe import FEW_STEPS
+
+    with pytest.warns(UserWarning, match=rf"this run takes 2 optimizer step\(s\), fewer than {FEW_STEPS}") as record:
+        train(reft(tiny_llama()), tiny_tokenizer(), PAIRS, epochs=1, batch_size=2, **QUIET)
+    assert len([w for w in record if "optimizer step" in str(w.message)]) == 1
+
+
+def test_train_defaults_come_from_the_recipe():
+    """One place: every recipe field is a train() parameter whose default is that field."""
+    import dataclasses
+    import inspect
+
+    from minireft.hf.recipe import TRAIN
+
+    signature = inspect.signature(train).parameters
+    for f in dataclasses.fields(TRAIN):
+        assert signature[f.name].default == getattr(TRAIN, f.name), f.name
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -256,7 +313,8 @@ def test_same_seed_same_bits():
 def test_package_level_train_is_callable():
     import minireft.torch
 
-    result = minireft.torch.train(reft(tiny_llama()), tiny_tokenizer(), PAIRS, batch_size=4, **QUIET)
+    result = minireft.torch.train(reft(tiny_llama()), tiny_tokenizer(), PAIRS, batch_size=4, epochs=1,
+                                  **QUIET)
     assert result.steps == 1
 
 
@@ -284,7 +342,7 @@ def test_prompt_lengths_reach_the_model():
     seen = []
     forward = model.forward
     model.forward = lambda *a, **kw: (seen.append(kw["prompt_lengths"].tolist()), forward(*a, **kw))[1]
-    train(model, tok, PAIRS, batch_size=4, seed=0, **QUIET)
+    train(model, tok, PAIRS, batch_size=4, epochs=1, seed=0, **QUIET)
     want = sorted(len(tok(ex["prompt"])["input_ids"]) for ex in PAIRS)
     assert len(seen) == 1 and sorted(seen[0]) == want, (seen, want)
 
@@ -356,9 +414,9 @@ def test_non_finite_loss_stops_before_its_step(monkeypatch):
 
 def test_progress_bar_shows_loss_and_can_be_disabled(capsys):
     tok = tiny_tokenizer()
-    train(reft(tiny_llama()), tok, PAIRS, batch_size=2, progress=False)
+    train(reft(tiny_llama()), tok, PAIRS, batch_size=2, epochs=1, progress=False)
     assert capsys.readouterr().err == ""
-    train(reft(tiny_llama()), tok, PAIRS, batch_size=2, progress=True)
+    train(reft(tiny_llama()), tok, PAIRS, batch_size=2, epochs=1, progress=True)
     err = capsys.readouterr().err
     assert "loss=" in err and "2/2" in err, err
 
@@ -380,7 +438,7 @@ def test_evaluation_each_epoch_and_eval_fn():
 
 
 def test_interrupt_keeps_last_completed_step(tmp_path):
-    """A KeyboardInterrupt in step 3's forward leaves step 2's parameters, saved to output_dir."""
+    """A KeyboardInterrupt in step 3's forward leaves step 2's parameters, kept in a partial folder."""
     tok = tiny_tokenizer()
     model = reft(tiny_llama())
     snapshots = []
@@ -393,7 +451,7 @@ def test_interrupt_keeps_last_completed_step(tmp_path):
 
     model.model.register_forward_pre_hook(boom)
     modes = [m.training for m in model.modules()]
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as info:
         train(model, tok, PAIRS, epochs=2, batch_size=1, eval_fn=lambda m: snapshots.append(params_of(m)),
               eval_every=1, output_dir=tmp_path / "ckpt", **QUIET)
     # eval_fn ran after steps 1 and 2 (its forward calls are none: it only copies)
@@ -403,8 +461,12 @@ def test_interrupt_keeps_last_completed_step(tmp_path):
     assert [m.training for m in model.modules()] == modes
     from minireft.io import load_adapter
 
-    _, saved = load_adapter(tmp_path / "ckpt")
-    assert len(saved) == len(snapshots[-1])
+    assert not (tmp_path / "ckpt").exists(), "a stopped run wrote its output folder"
+    (partial,) = tmp_path.glob("ckpt.partial-*")
+    assert str(partial) in info.value.__notes__[-1] and "after step 2 of 8" in info.value.__notes__[-1]
+    _, saved = load_adapter(partial)
+    for name, p in snapshots[-1].items():
+        assert torch.equal(torch.from_numpy(saved[name]), p), name
 
 
 def test_interrupt_inside_optimizer_step_is_undone(monkeypatch):

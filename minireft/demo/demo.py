@@ -31,24 +31,12 @@ from pathlib import Path
 
 import torch
 
+from minireft import io
 from minireft.config import ReftConfig
+from minireft.demo.defaults import DEFAULT_OUTPUT_DIR, DEFAULTS
 
-DEFAULT_OUTPUT_DIR = "runs/demo"
 LABEL_WORDS = ("negative", "positive")  # index = the dataset's label (0 rotten, 1 fresh)
 RESULTS_FILE = "demo_results.json"
-
-# Chosen by measurement (seed 0, rank 4, batch 8, 1 epoch; held-out accuracy as defined above):
-#   128 train / 100 held out, lr 4e-3 (zero-shot 0.60): layers 8,16 f1+l1 0.50; 6,12,18,24 l1 0.50;
-#       15 f1+l3 0.68; 18 l3 0.74; 15 l3 0.78; 14,20 l3 0.79
-#   256 train / 200 held out (zero-shot 0.61): 14,20 l3 lr 4e-3 0.80 (l5 0.805); 12,16,20 l3 0.73;
-#       14,20 l3 lr 2e-3 0.745; lr 1e-2 collapses to one answer (0.50-0.54)
-# A linear probe of the frozen model's states finds sentiment best at the last prompt tokens of
-# blocks 18-22 (~0.75, 5-fold CV on 320 reviews); the first tokens (the fixed system prompt)
-# cannot see the review (causal attention). So: the last 3 prompt tokens ("assistant\n", 3
-# tokens) of blocks 14 and 20 of 30. On 2 idle CPU cores the whole demo
-# takes ~2 minutes (load 2 s, or ~20 s the first time; each evaluation ~25 s; training ~63 s).
-DEFAULTS = {"n_train": 256, "n_eval": 200, "layers": (14, 20), "rank": 4, "positions": "l3",
-            "epochs": 1, "batch_size": 8, "lr": 4e-3, "n_generations": 4}
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -119,18 +107,22 @@ def run_demo(output_dir=DEFAULT_OUTPUT_DIR, *, n_train: int = DEFAULTS["n_train"
              epochs: int = DEFAULTS["epochs"], batch_size: int = DEFAULTS["batch_size"],
              lr: float = DEFAULTS["lr"], n_generations: int = DEFAULTS["n_generations"],
              max_new_tokens: int = 6, threads: int | None = None, model=None, tokenizer=None,
-             train_examples=None, eval_examples=None, progress: bool = True, log=print) -> dict:
+             train_examples=None, eval_examples=None, progress: bool = True, log=print,
+             overwrite: bool = False) -> dict:
     """Train LoReFT on Rotten Tomatoes sentiment and report held-out accuracy before and after.
 
     Loads SmolLM2-135M-Instruct unless `model` and `tokenizer` are given (tests pass a tiny
     model, and their own `train_examples` / `eval_examples` of {"prompt", "completion",
-    "label"}). Saves the adapter to `output_dir` (with demo_results.json beside it), detaches
-    the adapter from the model, and returns the results dict that the summary prints.
+    "label"}). Saves the adapter to `output_dir` as train(output_dir=...) does (an adapter
+    already there is refused before anything loads unless overwrite=True; a failed run leaves
+    it untouched), with demo_results.json beside it, detaches the adapter from the model, and
+    returns the results dict that the summary prints.
     `threads`: torch.set_num_threads (None leaves torch's setting). `log`: where lines go.
     """
     from minireft.hf.model import attach
     from minireft.hf.training import train
 
+    io.check_output(output_dir, overwrite=overwrite)
     wall_start, cpu_start = time.perf_counter(), time.process_time()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -177,7 +169,9 @@ def run_demo(output_dir=DEFAULT_OUTPUT_DIR, *, n_train: int = DEFAULTS["n_train"
     try:
         t = time.perf_counter()
         result = train(reft, tokenizer, train_examples, epochs=epochs, batch_size=batch_size, lr=lr,
-                       seed=seed, chat_template=True, progress=progress, padding_side="left")
+                       seed=seed, chat_template=True, progress=progress, padding_side="left",
+                       output_dir=output_dir, overwrite=overwrite)  # saves the adapter
+        adapter_path = Path(output_dir)
         lap("train", t)
         log(f"trained {result.steps} steps in {timings['train']:.0f} s: loss "
             f"{result.losses[0]:.3f} -> {result.losses[-1]:.3f}")
@@ -189,9 +183,6 @@ def run_demo(output_dir=DEFAULT_OUTPUT_DIR, *, n_train: int = DEFAULTS["n_train"
         t = time.perf_counter()
         generations_after = _generations(reft, tokenizer, shown, max_new_tokens)
         lap("generate_after", t)
-        t = time.perf_counter()
-        adapter_path = Path(reft.save_pretrained(output_dir))
-        lap("save", t)
     finally:
         reft.detach()
 
@@ -259,7 +250,7 @@ def format_summary(results: dict) -> str:
               + f"; total wall {results['wall_s']:.1f} s, CPU {results['cpu_s']:.1f} s on "
                 f"{results['threads']} threads",
               f"adapter saved to {results['adapter_path']} (+ {RESULTS_FILE}); try:",
-              (f"  minireft generate --model smollm2 --adapter {results['adapter_path']} --chat-template "
+              (f"  minireft generate --model smollm2 --adapter {results['adapter_path']} "
                f"--max-new-tokens 4 --prompt {_example_prompt()}")]
     return "\n".join(lines)
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 import torch
 
 from minireft.hf.data import encode_prompt, pad_id
+from minireft.hf.prompt_format import resolve_chat_template
 from minireft.hf.training import _device
 
 
 @torch.no_grad()
-def generate_text(model, tokenizer, prompt: str, *, chat_template: bool = False, max_new_tokens: int = 64,
-                  sample: bool = False, temperature: float = 1.0, seed: int = 0) -> str:
+def generate_text(model, tokenizer, prompt: str, *, chat_template: bool | None = None,
+                  max_new_tokens: int = 64, sample: bool = False, temperature: float = 1.0,
+                  seed: int = 0) -> str:
     """The completion `model` (a ReftModel) writes for one prompt, new tokens only, decoded
-    without special tokens. Greedy unless `sample`; sampling is seeded."""
+    without special tokens. Greedy unless `sample`; sampling is seeded. chat_template=None:
+    as the adapter was trained (model.prompt_format; raw prompts when unknown)."""
+    chat_template = resolve_chat_template(getattr(model, "prompt_format", None), chat_template)
     ids = encode_prompt(tokenizer, prompt, chat_template=chat_template)
     device = _device(model)
     input_ids = torch.tensor([ids], device=device)  # (1, n)

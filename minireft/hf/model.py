@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import warnings
 import weakref
 from collections.abc import Iterator
 
@@ -38,6 +39,7 @@ from torch import nn
 from minireft import io
 from minireft.config import ReftConfig
 from minireft.hf.blocks import _check_layers, _device_of, find_blocks, hidden_size_of
+from minireft.hf.prompt_format import PromptFormat, read_prompt_format, template_mismatch
 from minireft.torch.edit import EditPlan
 from minireft.torch.modules import Intervention
 
@@ -273,25 +275,41 @@ class ReftModel(nn.Module):
             self.model, "name_or_path", None)
         return str(name) if name else None
 
-    def save_pretrained(self, path, *, extra_files: dict[str, bytes] | None = None):
+    # How the training prompts were built (chat template or not, and the template's hash):
+    # train() sets it, save_pretrained records it, from_pretrained reads it back.
+    prompt_format: PromptFormat | None = None
+
+    def save_pretrained(self, path, *, extra_files: dict[str, bytes] | None = None,
+                        prompt_format: PromptFormat | None = None):
         """Write the adapter folder (reft_config.json + reft_model.safetensors, and any
-        extra_files {name: bytes}) atomically."""
+        extra_files {name: bytes}) atomically. reft_config.json records `prompt_format`
+        (default: self.prompt_format, which train() sets; omitted when unknown)."""
+        fmt = prompt_format if prompt_format is not None else self.prompt_format
         return io.save_adapter(path, self.config, self.adapter_state(), base_model=self._base_model_name(),
-                               extra_files=extra_files)
+                               extra_files=extra_files, prompt_format=fmt.to_dict() if fmt else None)
 
     @classmethod
-    def from_pretrained(cls, model: nn.Module, path, *, module_path: str | None = None) -> ReftModel:
-        """attach(model, saved config) with the saved parameters restored bit for bit."""
+    def from_pretrained(cls, model: nn.Module, path, *, module_path: str | None = None,
+                        tokenizer=None) -> ReftModel:
+        """attach(model, saved config) with the saved parameters restored bit for bit, and
+        prompt_format set from the adapter (minireft.hf.prompt_format.read_prompt_format; None
+        when unknown). With `tokenizer`, warns (UserWarning, one line) when the adapter was
+        trained with a chat template that this tokenizer does not have."""
         config, params = io.load_adapter(path)
         saved_d = int(io.read_meta(path)["hidden_size"])
         d = hidden_size_of(model)
         if saved_d != d:
             raise ValueError(f"the adapter at {path} was trained for hidden size {saved_d}, but this "
                              f"{type(model).__name__} has hidden size {d}")
+        fmt = read_prompt_format(path)
         reft = cls(model, config, module_path=module_path)
         with torch.no_grad():
             for name, p in reft.interventions.named_parameters():
                 p.copy_(torch.from_numpy(params[name]))
+        reft.prompt_format = fmt
+        mismatch = template_mismatch(fmt, tokenizer) if tokenizer is not None else None
+        if mismatch:
+            warnings.warn(mismatch, UserWarning, stacklevel=2)
         return reft
 
 

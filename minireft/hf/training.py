@@ -10,13 +10,15 @@ Each micro-batch backpropagates (Σ_{i ∈ m} ℓ_i) / N with N counted before a
 so the accumulated gradient equals one big batch's exactly (up to summation order),
 however the targets spread over the micro-batches.
 
-The learning rate follows a linear warmup then a linear decay to 0 (as Hugging Face's
-get_linear_schedule_with_warmup), with K = ⌈warmup_ratio · total_steps⌉:
+The learning rate warms up linearly over w = ⌈warmup_ratio · T⌉ of the T optimizer steps,
+then decays linearly; optimizer step t = 1, …, T runs at
 
-    lr(t) = lr · t / K                                  t < K
-    lr(t) = lr · (total_steps − t) / (total_steps − K)   t >= K       (t = 0, 1, … the step index)
+    lr_t = lr · t / w                  t <= w
+    lr_t = lr · (T − t + 1) / (T − w)    t > w
 
-so with warmup the first step runs at lr 0 (as in HF; Adam's moments still take its gradient).
+so no step runs at lr 0 (the first at lr / w, the last at lr / (T − w)). T comes from the
+data size, batch size and epochs / min_steps / max_steps (minireft.hf.recipe.schedule:
+with epochs unset, a small data set still gets min_steps steps).
 
 The base model stays frozen and in eval mode (no dropout); only the interventions (and
 a classifier's head) train. The optimizer is the spec's: Riemannian Adam on St(r, d) for
@@ -25,18 +27,25 @@ every R (no weight decay), AdamW for the rest.
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from minireft import io
 from minireft.hf.data import IGNORE_INDEX, collate, encode_examples, pad_id
+from minireft.hf.prompt_format import prompt_format_of
+from minireft.hf.recipe import FEW_STEPS, LOG_FILE, PLOT_FILE, TRAIN, schedule
 from minireft.torch.optim import ReftOptimizer
 
 
@@ -50,6 +59,7 @@ class TrainResult:
     evals: list[dict] = field(default_factory=list)
     steps: int = 0
     total_steps: int = 0
+    epochs: int = 0
     targets: int = 0  # supervised completion tokens (lm) or examples (classification) seen
     seconds: float = 0.0
 
@@ -70,18 +80,19 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def linear_schedule(warmup_steps: int, total_steps: int):
-    """The factor lr(t) / lr of the module docstring, for torch.optim.lr_scheduler.LambdaLR."""
+    """The factor lr_t / lr of the module docstring as a function of s = t − 1 (LambdaLR counts
+    steps from 0): (s + 1) / w while s < w, then (T − s) / (T − w)."""
 
-    def factor(t: int) -> float:
-        if t < warmup_steps:
-            return t / max(1, warmup_steps)
-        return max(0.0, (total_steps - t) / max(1, total_steps - warmup_steps))
+    def factor(s: int) -> float:
+        if s < warmup_steps:
+            return (s + 1) / warmup_steps
+        return max(0.0, (total_steps - s) / max(1, total_steps - warmup_steps))
 
     return factor
 
 
-def make_optimizer(model, *, lr: float, weight_decay: float = 0.0, warmup_ratio: float = 0.1,
-                   total_steps: int = 1):
+def make_optimizer(model, *, lr: float = TRAIN.lr, weight_decay: float = TRAIN.weight_decay,
+                   warmup_ratio: float = TRAIN.warmup_ratio, total_steps: int = 1):
     """(ReftOptimizer over model.named_trainable_parameters(), LambdaLR linear warmup + decay)."""
     if not 0 <= warmup_ratio <= 1:
         raise ValueError(f"warmup_ratio must be in [0, 1], got {warmup_ratio}")
@@ -280,52 +291,82 @@ def _run_eval(model, tokenizer, eval_encoded, eval_fn, task, batch_size, step, e
 
 
 def train(model, tokenizer, train_examples, *, eval_examples=None, task: str | None = None,
-          epochs: int = 1, batch_size: int = 8, grad_accum: int = 1, lr: float = 4e-3,
-          weight_decay: float = 0.0, warmup_ratio: float = 0.1, seed: int = 0,
-          chat_template: bool = False, max_length: int = 512, max_steps: int | None = None,
-          padding_side: str = "right", progress: bool = True, log_every: int | None = None,
-          eval_fn=None, eval_every: int | None = None, output_dir=None,
-          save_every: int | None = None) -> TrainResult:
+          epochs: int | None = TRAIN.epochs, min_steps: int = TRAIN.min_steps,
+          batch_size: int = TRAIN.batch_size, grad_accum: int = TRAIN.grad_accum, lr: float = TRAIN.lr,
+          weight_decay: float = TRAIN.weight_decay, warmup_ratio: float = TRAIN.warmup_ratio,
+          seed: int = TRAIN.seed, chat_template: bool = False, max_length: int = TRAIN.max_length,
+          max_steps: int | None = None, padding_side: str = "right", progress: bool = True,
+          log_every: int | None = None, eval_fn=None, eval_every: int | None = None, output_dir=None,
+          overwrite: bool = False, save_every: int | None = None, log_info: dict | None = None
+          ) -> TrainResult:
     """Train `model`'s interventions (a ReftModel; a ReftClassifier for classification) in place.
 
     train_examples: [{"prompt", "completion"}] ("lm") or [{"text" | "prompt", "label"}]
     ("classification"); task defaults to what the model is. Each optimizer step sees
-    batch_size · grad_accum examples; the learning rate warms up linearly over
-    ⌈warmup_ratio · steps⌉ steps then decays linearly to 0. Evaluation (mean held-out loss,
-    plus eval_fn(model) if given) runs after every epoch and every `eval_every` steps.
-    With output_dir, the adapter is saved there every `save_every` steps, at the end, and
-    when training stops on an exception (the model keeps its last completed step either way;
-    a non-finite loss stops training before its step). progress=False prints nothing unless
-    log_every is set. Same seed, data and device → the same parameters, bit for bit on CPU.
+    batch_size · grad_accum examples; the run takes T steps (epochs=None: enough whole epochs
+    for at least min_steps; max_steps caps T; see minireft.hf.recipe) and warns when T < 20.
+    The learning rate follows the module docstring's warmup and decay. Evaluation (mean held-out
+    loss, plus eval_fn(model) if given) runs after every epoch and every `eval_every` steps.
+    Defaults: minireft.hf.recipe.TRAIN. The prompt format (chat_template and the template's
+    hash) is recorded on the ReftModel (its prompt_format) and saved with the adapter.
+
+    output_dir: nothing is lost. An adapter already there is refused before any work unless
+    overwrite=True. The run writes into a fresh folder beside output_dir (checkpoints every
+    `save_every` steps, then the final adapter, train_log.json with the loss of every step
+    and the evaluations, and loss.png when matplotlib is installed) and renames it into
+    output_dir only when training ends well. A run that stops (a non-finite loss, an exception,
+    KeyboardInterrupt) leaves output_dir untouched, keeps its last completed step in a sibling
+    folder <output_dir>.partial-<UTC time>, and re-raises with a note that names it.
+    log_info: extra JSON fields for train_log.json (the CLI records its arguments).
+
+    The model keeps its last completed step however training ends (a non-finite loss stops
+    before its step). progress=False prints nothing unless log_every is set. Same seed, data
+    and device → the same parameters, bit for bit on CPU.
     """
     task = _infer_task(model, task)
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("grad_accum", grad_accum)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
-        raise ValueError(f"max_steps must be None or an int >= 1, got {max_steps!r}")
+    for name, value in (("batch_size", batch_size), ("grad_accum", grad_accum), ("min_steps", min_steps)):
+        _check_count(name, value)
+    for name, value in (("epochs", epochs), ("max_steps", max_steps)):
+        if value is not None:
+            _check_count(name, value, "None or ")
+    out = _Output(output_dir, overwrite) if output_dir is not None else None  # refuse before any work
     _check_frozen(model)
     generator = seed_everything(seed)
     encoded, eval_encoded = _encode_all(model, tokenizer, train_examples, eval_examples, task,
                                         chat_template, max_length)
-    steps_per_epoch = math.ceil(len(encoded) / (batch_size * grad_accum))
-    total_steps = min(max_steps or epochs * steps_per_epoch, epochs * steps_per_epoch)
+    epochs, _, total_steps = schedule(len(encoded), batch_size=batch_size, grad_accum=grad_accum,
+                                      epochs=epochs, min_steps=min_steps, max_steps=max_steps)
+    if total_steps < FEW_STEPS:
+        warnings.warn(f"this run takes {total_steps} optimizer step(s), fewer than {FEW_STEPS}: it may "
+                      f"learn little; leave epochs unset (at least {min_steps} steps) or raise "
+                      f"epochs / max_steps", UserWarning, stacklevel=2)
+    _record_prompt_format(model, tokenizer, task, chat_template)
     optimizer, scheduler = make_optimizer(model, lr=lr, weight_decay=weight_decay,
                                           warmup_ratio=warmup_ratio, total_steps=total_steps)
     params = [p for _, p in model.named_trainable_parameters()]
-    result = TrainResult(total_steps=total_steps)
+    result = TrainResult(total_steps=total_steps, epochs=epochs)
     pad, device = pad_id(tokenizer), _device(model)
     log = _Log(progress, log_every, total_steps)
+    settings = {"task": task, "examples": len(encoded), "epochs": epochs, "min_steps": min_steps,
+                "max_steps": max_steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr,
+                "weight_decay": weight_decay, "warmup_ratio": warmup_ratio, "seed": seed,
+                "chat_template": chat_template, "max_length": max_length, "padding_side": padding_side}
 
     def evaluate_now(epoch):
         result.evals.append(_evaluate_in_training(model, tokenizer, eval_encoded, eval_fn, task,
                                                   batch_size, result.steps, epoch))
         log.eval(result.evals[-1])
 
+    def train_log(stopped=None) -> dict:
+        result.seconds = time.perf_counter() - start
+        return {"settings": settings, **(log_info or {}), **result.to_dict(), "stopped": stopped}
+
     wants_eval = eval_encoded is not None or eval_fn is not None
     before = _enter_train_mode(model)
-    start, saved_step = time.perf_counter(), -1
+    start = time.perf_counter()
     try:
+        if out is not None:
+            out.start()
         for epoch in range(epochs):
             for groups in step_groups(len(encoded), batch_size, grad_accum, generator):
                 if result.steps >= total_steps:
@@ -335,34 +376,46 @@ def train(model, tokenizer, train_examples, *, eval_examples=None, task: str | N
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"the loss of step {result.steps + 1} is {loss}; the model "
                                              f"keeps step {result.steps}'s parameters (lower lr?)")
-                result.lrs.append(optimizer.param_groups[0]["lr"])
+                lr_now = optimizer.param_groups[0]["lr"]
                 _safe_step(optimizer, params)
+                result.steps += 1  # first: the model now holds this step's parameters
                 scheduler.step()
+                result.lrs.append(lr_now)
                 result.losses.append(loss)
-                result.steps += 1
                 result.targets += n_targets
-                log.step(result.steps, loss, result.lrs[-1])
+                log.step(result.steps, loss, lr_now)
                 if wants_eval and eval_every and result.steps % eval_every == 0:
                     evaluate_now(epoch)
-                if output_dir is not None and save_every and result.steps % save_every == 0:
-                    model.save_pretrained(output_dir)
-                    saved_step = result.steps
+                if out is not None and save_every and result.steps % save_every == 0:
+                    out.save(model, result.steps, train_log())
             if wants_eval and not (result.evals and result.evals[-1]["step"] == result.steps):
                 evaluate_now(epoch)
             if result.steps >= total_steps:
                 break
-    except BaseException:
-        if output_dir is not None and result.steps > 0 and saved_step != result.steps:
-            model.save_pretrained(output_dir)  # the last completed step, so nothing is lost
+    except BaseException as exc:
+        if out is not None:
+            log.close()
+            out.stop(model, result, exc, train_log)
         raise
     finally:
         log.close()
         optimizer.zero_grad(set_to_none=True)
         _restore_modes(before)
         result.seconds = time.perf_counter() - start
-    if output_dir is not None and saved_step != result.steps:
-        model.save_pretrained(output_dir)
+    if out is not None:
+        out.finish(model, result, train_log())
     return result
+
+
+def _check_count(name: str, value, allowed: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be {allowed}an int >= 1, got {value!r}")
+
+
+def _record_prompt_format(model, tokenizer, task: str, chat_template: bool) -> None:
+    """Tell the ReftModel how its prompts are built, so that save_pretrained records it."""
+    reft_model = getattr(model, "reft_model", model)  # a ReftClassifier's inner ReftModel
+    reft_model.prompt_format = prompt_format_of(tokenizer, chat_template and task == "lm")
 
 
 def _encode_all(model, tokenizer, train_examples, eval_examples, task, chat_template, max_length):
@@ -411,3 +464,91 @@ class _Log:
 
     def close(self) -> None:
         self.bar.close()
+
+
+# ---------------------------------------------------------------------------- output folder
+
+class _Output:
+    """A run's adapter folder: staged beside `path` while training runs, renamed into `path`
+    when it ends well, kept as a sibling partial folder when it stops (module minireft.io)."""
+
+    def __init__(self, path, overwrite: bool):
+        self.path = Path(path)
+        io.check_output(self.path, overwrite=overwrite)
+        self.staging: Path | None = None
+        self.saved_step = 0
+
+    def start(self) -> None:
+        self.staging = io.staging_dir(self.path)
+
+    def save(self, model, step: int, log: dict) -> None:
+        """The adapter of `step` and the log so far, into the staging folder (a checkpoint)."""
+        model.save_pretrained(self.staging)  # replaces the folder: the log is written after it
+        self.saved_step = step
+        _write_json(self.staging / LOG_FILE, log)
+
+    def finish(self, model, result: TrainResult, log: dict) -> None:
+        if self.saved_step != result.steps:
+            model.save_pretrained(self.staging)
+        _write_json(self.staging / LOG_FILE, log)
+        write_loss_plot(self.staging / PLOT_FILE, result)
+        io.publish(self.staging, self.path)
+
+    def stop(self, model, result: TrainResult, exc: BaseException, train_log) -> None:
+        """After a failure: keep the last completed step in a partial folder, never touch
+        self.path, and add one note to `exc` that says where the step went."""
+        where = f"training stopped after step {result.steps} of {result.total_steps}"
+        untouched = f"{self.path} is untouched"
+        if self.staging is None or result.steps == 0:
+            if self.staging is not None:
+                shutil.rmtree(self.staging, ignore_errors=True)
+            _add_note(exc, f"{where}: nothing to keep; {untouched}")
+            return
+        try:
+            if self.saved_step != result.steps:
+                model.save_pretrained(self.staging)
+            _write_json(self.staging / LOG_FILE,
+                        train_log({"step": result.steps, "error": f"{type(exc).__name__}: {exc}"}))
+            partial = io.keep_partial(self.staging, self.path)
+        except (OSError, ValueError, RuntimeError) as error:  # a full disk, say: keep the original error
+            shutil.rmtree(self.staging, ignore_errors=True)
+            _add_note(exc, f"{where}; saving that step failed ({type(error).__name__}: {error}); "
+                           f"{untouched}")
+            return
+        _add_note(exc, f"{where}; its adapter is in {partial}; {untouched}")
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    """exc.add_note (Python >= 3.11; the traceback prints it), or the same __notes__ list on 3.10."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def write_loss_plot(path, result: TrainResult) -> bool:
+    """loss.png: the training loss of every step, and the held-out losses (points), against
+    the optimizer step. Skipped (returns False) when matplotlib is not installed."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    figure = Figure(figsize=(6, 3.5), dpi=100)  # no pyplot: no global state, no display needed
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    ax.plot(range(1, len(result.losses) + 1), result.losses, label="train (per step)", linewidth=1)
+    evals = [(e["step"], e["loss"]) for e in result.evals if isinstance(e.get("loss"), float)]
+    if evals:
+        ax.plot(*zip(*evals), "o", label="held out")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("mean loss per target")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    return True

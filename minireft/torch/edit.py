@@ -32,8 +32,8 @@ def edit(h, attention_mask, prompt_lengths, config: ReftConfig, params: dict) ->
     h: (B, L, d); attention_mask: (B, L) of 0/1; prompt_lengths: (B,) integer tensor or None;
     params: {group: {param: tensor}}. Differentiable (Φ's analytic backward); h unchanged.
     """
-    _check_h(h, attention_mask)
     plan = EditPlan.from_mask(attention_mask, prompt_lengths, config)
+    _check_h(h, attention_mask)
     math, params = _check_params(config, params, KINDS)
     return plan.apply(h, {g: functools.partial(_phi, math, args) for g, args in params.items()})
 
@@ -41,10 +41,10 @@ def edit(h, attention_mask, prompt_lengths, config: ReftConfig, params: dict) ->
 def edit_vjp(h, attention_mask, prompt_lengths, config: ReftConfig, params: dict, dout):
     """(dh, grads) of `edit` against dout (B, L, d), as minireft.edit.edit_vjp: dh = dout but at
     edited positions; grads {group: {param: Σ over group g's edited positions}}."""
+    plan = EditPlan.from_mask(attention_mask, prompt_lengths, config)
     _check_h(h, attention_mask)
     if not isinstance(dout, torch.Tensor) or dout.shape != h.shape or dout.dtype != h.dtype:
         raise ValueError(f"dout must match h: shape {tuple(h.shape)} dtype {h.dtype}")
-    plan = EditPlan.from_mask(attention_mask, prompt_lengths, config)
     math, params = _check_params(config, params, KINDS)
     dh, grads = dout, {}
     for group, args in params.items():

@@ -93,6 +93,64 @@ def test_chat_template_is_remembered_and_sampling_is_seeded(llama_dir, tmp_path,
     assert outs[0] == outs[1], outs
 
 
+def test_prompt_format_travels_in_the_adapter(llama_dir, tmp_path, capsys):
+    """generate applies the chat template from reft_config.json alone (no train_log.json), and
+    an adapter written before the field existed still loads: the legacy train_log.json's
+    args.chat_template, else raw prompts."""
+    from minireft import io
+
+    data = write_jsonl(tmp_path / "train.jsonl", PAIRS)
+    out = tmp_path / "adapter"
+    assert main(["train", "--model", llama_dir, "--data", data, "--output", str(out), "--chat-template",
+                 *TRAIN_ARGS]) == 0
+    (out / "train_log.json").unlink()
+
+    def generate(prompt="dog"):
+        capsys.readouterr()
+        rc = main(["generate", "--model", llama_dir, "--adapter", str(out), "--prompt", prompt,
+                   "--max-new-tokens", "3"])
+        captured = capsys.readouterr()
+        assert rc == 0 and captured.err == "", captured.err
+        return captured.out
+
+    assert generate() == "w\n", "the chat template was not applied from reft_config.json"
+    meta = json.loads((out / io.CONFIG_FILE).read_text())
+    del meta["prompt_format"]  # as written before this field existed
+    (out / io.CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    raw = generate()
+    assert raw != "w\n", "raw and templated prompts agree: this test cannot tell them apart"
+    (out / "train_log.json").write_text(json.dumps({"args": {"chat_template": True}}))
+    assert generate() == "w\n", "the legacy train_log.json was not read"
+    (out / "train_log.json").unlink()
+    assert generate() == raw
+
+
+def test_a_different_chat_template_is_one_warning_line(llama_dir, tmp_path, capsys):
+    import shutil
+
+    data = write_jsonl(tmp_path / "train.jsonl", PAIRS)
+    out = tmp_path / "adapter"
+    assert main(["train", "--model", llama_dir, "--data", data, "--output", str(out), "--chat-template",
+                 *TRAIN_ARGS]) == 0
+    other = tmp_path / "other-template"
+    shutil.copytree(llama_dir, other)
+    tokenizer_config = other / "tokenizer_config.json"
+    config = json.loads(tokenizer_config.read_text())
+    template_file = other / "chat_template.jinja"
+    if template_file.is_file():  # where recent transformers save the template
+        template_file.write_text(template_file.read_text().replace("assistant:", "bot:"))
+    else:
+        config["chat_template"] = config["chat_template"].replace("assistant:", "bot:")
+        tokenizer_config.write_text(json.dumps(config))
+    capsys.readouterr()
+    rc = main(["generate", "--model", str(other), "--adapter", str(out), "--prompt", "dog",
+               "--max-new-tokens", "3"])
+    err = capsys.readouterr().err
+    assert rc == 0 and err.count("\n") == 1, err
+    assert err.startswith("minireft generate: warning: the adapter was trained with a chat template") and (
+        "different chat template" in err), err
+
+
 def test_classification_cli(bert_dir, tmp_path, capsys):
     data = write_jsonl(tmp_path / "train.jsonl", _toy_classification(64, 0))
     held_out = write_jsonl(tmp_path / "eval.jsonl", _toy_classification(32, 1))

@@ -65,6 +65,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.filterwarnings("ignore:this run takes:UserWarning")
 def test_run_demo_on_a_tiny_model(tmp_path, one_thread):
     from minireft.demo.demo import RESULTS_FILE, format_summary, label_accuracy, run_demo
     from minireft.hf.model import ReftModel
@@ -92,6 +93,9 @@ def test_run_demo_on_a_tiny_model(tmp_path, one_thread):
     # the adapter and the results are on disk; the model is the base model again
     config, params = io.load_adapter(tmp_path / "demo")
     assert config.layers == (1,) and config.rank == 2 and set(params) == {"1.suffix.R", "1.suffix.W", "1.suffix.b"}
+    from minireft.hf.prompt_format import read_prompt_format
+
+    assert read_prompt_format(tmp_path / "demo").chat_template is True, "the demo's chat prompts"
     saved = json.loads((tmp_path / "demo" / RESULTS_FILE).read_text())
     assert saved["after"] == results["after"] and saved["trainable_parameters"] == results["trainable_parameters"]
     assert torch.equal(model(input_ids=ids).logits, base_logits)
@@ -131,3 +135,25 @@ def test_label_accuracy_definitions(one_thread):
 
     r = label_accuracy(Fixed(), tokenizer, examples, batch_size=4)
     assert r == {"accuracy": 0.5, "strict_accuracy": 0.25, "answer_rate": 0.75, "n": 4}
+
+
+def test_an_adapter_in_the_output_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    from minireft import ReftConfig
+    from minireft.cli import main
+    from minireft.demo.demo import run_demo
+    from minireft.hf import loading
+
+    config = ReftConfig(layers=[0], rank=1, positions="l1", init="identity")
+    params = {"0.suffix.R": np.eye(1, 4, dtype=np.float32), "0.suffix.W": np.zeros((1, 4), np.float32),
+              "0.suffix.b": np.zeros(1, np.float32)}
+    out = io.save_adapter(tmp_path / "demo", config, params)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(FileExistsError, match="already holds an adapter"):
+        run_demo(out)
+    assert main(["demo", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--overwrite" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -293,3 +293,53 @@ def test_extra_files_refuse_names_that_clash_or_escape(tmp_path, name):
     with pytest.raises(ValueError, match="plain file name"):
         save_adapter(tmp_path / "a", config, make(config), extra_files={name: b""})
     assert not (tmp_path / "a").exists()
+
+
+# ---------------------------------------------------------------- prompt format, run folders
+
+
+def test_prompt_format_is_stored_and_does_not_disturb_loading(tmp_path, saved):
+    fmt = {"chat_template": True, "chat_template_sha256": "ab" * 32}
+    path = save_adapter(tmp_path / "a", CONFIG, make(CONFIG), prompt_format=fmt)
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    assert meta["prompt_format"] == fmt and io.read_meta(path)["prompt_format"] == fmt
+    config, params = load_adapter(path)
+    assert config == CONFIG and all(np.array_equal(params[k], v) for k, v in make(CONFIG).items())
+    assert "prompt_format" not in json.loads((saved / CONFIG_FILE).read_text()), "written when None"
+
+
+def test_check_output(tmp_path, saved):
+    io.check_output(tmp_path / "new")  # missing: fine
+    (tmp_path / "empty").mkdir()
+    io.check_output(tmp_path / "empty")  # empty: fine
+    with pytest.raises(FileExistsError, match="already holds an adapter; replace it with --overwrite"):
+        io.check_output(saved)
+    io.check_output(saved, overwrite=True)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    (tmp_path / "file").write_text("x")
+    for path in (tmp_path / "notes", tmp_path / "file"):
+        with pytest.raises(FileExistsError, match="not an adapter folder"):
+            io.check_output(path, overwrite=True)
+
+
+def test_staging_publish_and_keep_partial(tmp_path, saved):
+    """A run's folder: staged beside the target, published over the old adapter in one swap,
+    or kept as a partial sibling that leaves the target alone."""
+    before = snapshot(saved)
+    staging = io.staging_dir(saved)
+    assert staging.parent == tmp_path and staging.name.startswith("adapter.tmp-") and not any(staging.iterdir())
+    save_adapter(staging, CONFIG, make(CONFIG, seed=5))
+    (staging / "train_log.json").write_text("{}")
+    partial = io.keep_partial(staging, saved)
+    assert partial.name.startswith("adapter.partial-") and not staging.exists()
+    assert snapshot(saved) == before
+    second = io.keep_partial(io.staging_dir(saved), saved)  # the same second: a distinct name
+    assert second != partial and second.exists()
+    staging = io.staging_dir(saved)
+    save_adapter(staging, CONFIG, make(CONFIG, seed=6))
+    (staging / "train_log.json").write_text("{}")
+    io.publish(staging, saved)
+    assert not staging.exists() and (saved / "train_log.json").is_file()
+    assert snapshot(saved) != before
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("adapter.partial-")) == ["adapter"]

@@ -174,3 +174,38 @@ def test_cuda_bf16_save_load(tmp_path):
     loaded = ReftModel.from_pretrained(fresh.cuda(), tmp_path / "a")
     assert all(p.is_cuda and p.dtype == torch.float32 for _, p in loaded.named_trainable_parameters())
     assert torch.equal(_logits(loaded, info, ids, mask), want)
+
+
+# ------------------------------------------------------------------ prompt format
+
+
+def test_prompt_format_round_trip_and_template_check(tmp_path):
+    """save_pretrained records the prompt format; from_pretrained restores it, and with a
+    tokenizer warns once when the tokenizer's chat template is not the one trained with."""
+    import warnings
+    from types import SimpleNamespace
+
+    from minireft.hf.prompt_format import PromptFormat, prompt_format_of
+
+    trained_with = SimpleNamespace(chat_template="{{ messages }} A:")
+    reft, *_ = _trained(steps=1)
+    assert reft.prompt_format is None
+    reft.save_pretrained(tmp_path / "unknown")
+    fmt = prompt_format_of(trained_with, True)
+    reft.save_pretrained(tmp_path / "chat", prompt_format=fmt)
+    reft.detach()
+
+    fresh, _ = tiny.build("llama")
+    loaded = ReftModel.from_pretrained(fresh, tmp_path / "unknown")
+    assert loaded.prompt_format is None  # an adapter of unknown format (as before this field) loads
+    loaded.detach()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = ReftModel.from_pretrained(fresh, tmp_path / "chat", tokenizer=trained_with)
+    assert loaded.prompt_format == fmt == PromptFormat(True, fmt.chat_template_sha256)
+    loaded.detach()
+    for other, words in ((SimpleNamespace(chat_template="{{ messages }} B:"), "a different chat template"),
+                         (SimpleNamespace(chat_template=None), "has no chat template")):
+        with pytest.warns(UserWarning, match=words) as record:
+            ReftModel.from_pretrained(fresh, tmp_path / "chat", tokenizer=other).detach()
+        assert len(record) == 1 and "\n" not in str(record[0].message)

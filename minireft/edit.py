@@ -12,9 +12,9 @@ or all its real tokens), (P_b, S_b) = intervention_positions(n_b, p, s) and
     tied:    group "tied" edits columns f_b + P_b ∪ f_b + S_b
     untied:  group "prefix" edits f_b + P_b, group "suffix" edits f_b + S_b
 
-Φ_g is LoReFT or DiReFT with group g's parameters. params holds the interventions of ONE
-layer, nested as {group: {param: array}}: the adapter's "{layer}.{group}.{param}" tensors
-of that layer (`layer_params` regroups them). No dropout: this is the evaluation form.
+Φ_g is the config's intervention (KINDS) with group g's parameters. params holds the
+interventions of ONE layer, nested as {group: {param: array}}: the adapter's
+"{layer}.{group}.{param}" tensors of that layer (`layer_params` regroups them). No dropout: this is the evaluation form.
 A row is edited alone, so its result never depends on its batch-mates or padding side.
 """
 
@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from minireft import direft, loreft
+from minireft import consreft, direft, lobireft, loreft, noreft, ortho_direft
 from minireft.config import ReftConfig
 from minireft.positions import intervention_positions
 
-KINDS = {"loreft": loreft, "direft": direft}
+KINDS = {"loreft": loreft, "direft": direft, "noreft": noreft, "consreft": consreft,
+         "lobireft": lobireft, "ortho_direft": ortho_direft}  # config.intervention -> the math
 
 
 def edit(h, attention_mask, prompt_lengths, config: ReftConfig, params: dict) -> np.ndarray:

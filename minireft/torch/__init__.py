@@ -1,8 +1,8 @@
 """minireft.torch: the PyTorch mirror of the NumPy spec.
 
-`loreft`, `direft`, `stiefel`, `optim`, and `edit` / `edit_vjp` (the in-model edit) carry
-the spec's functions under the same names, on torch tensors; `Intervention` and
-`ReftOptimizer` are the modules built on them. The Hugging Face integration lives in
+`loreft`, `direft`, `noreft`, `consreft`, `lobireft`, `ortho_direft`, `stiefel`, `optim`,
+and `edit` / `edit_vjp` (the in-model edit) carry the spec's functions under the same
+names, on torch tensors; `Intervention` and `ReftOptimizer` are the modules built on them. The Hugging Face integration lives in
 `minireft.hf`; `attach`, `ReftModel`, `train` and `load_model` are re-exported here
 (lazily) as the public contract names.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from minireft import positions
-from minireft.torch import direft, loreft, optim, stiefel
+from minireft.torch import consreft, direft, lobireft, loreft, noreft, optim, ortho_direft, stiefel
 from minireft.torch.edit import edit, edit_vjp  # the functions; the module is minireft.torch.edit
 from minireft.torch.modules import Intervention
 from minireft.torch.optim import ReftOptimizer
@@ -49,12 +49,16 @@ __all__ = [
     "ReftModel",
     "ReftOptimizer",
     "attach",
+    "consreft",
     "direft",
     "edit",
     "edit_vjp",
     "load_model",
+    "lobireft",
     "loreft",
+    "noreft",
     "optim",
+    "ortho_direft",
     "positions",
     "stiefel",
     "to_backend",

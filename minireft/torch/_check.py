@@ -50,16 +50,18 @@ def hidden(name: str, h: torch.Tensor, d: int) -> None:
 
 
 def intervention(h, **params) -> int:
-    """Check h (..., d) against an intervention's parameters, given in order as two (r, d)
-    matrices then b (r,) (LoReFT R, W, b; DiReFT W1, W2, b), one dtype. Return d."""
-    (name_a, a), (name_b, b_mat), (name_bias, bias) = params.items()
+    """Check h (..., d) against an intervention's parameters, given in order as one or more
+    (r, d) matrices then b (r,) (LoReFT R, W, b; DiReFT W1, W2, b; ConsReFT R, b); one
+    dtype. The first matrix sets r and d. Return d."""
+    *matrices, (name_bias, bias) = params.items()
     tensor("h", h, min_ndim=1)
-    tensor(name_a, a, ndim=2)
-    tensor(name_b, b_mat, ndim=2)
+    for name, m in matrices:
+        tensor(name, m, ndim=2)
     tensor(name_bias, bias, ndim=1)
     same_dtype(h=h, **params)
-    r, d = low_rank(name_a, a)
-    shape(name_b, b_mat, (r, d))
+    r, d = low_rank(*matrices[0])
+    for name, m in matrices[1:]:
+        shape(name, m, (r, d))
     shape(name_bias, bias, (r,))
     hidden("h", h, d)
     return d

@@ -21,9 +21,7 @@ import torch
 
 from minireft.config import ReftConfig
 from minireft.edit import _check_params
-from minireft.torch import direft, loreft
-
-KINDS = {"loreft": loreft, "direft": direft}
+from minireft.torch.modules import KINDS  # config.intervention -> the mirror's math
 
 
 def edit(h, attention_mask, prompt_lengths, config: ReftConfig, params: dict) -> torch.Tensor:

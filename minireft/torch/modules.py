@@ -10,13 +10,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from minireft.torch import direft, loreft
+from minireft.torch import consreft, direft, lobireft, loreft, noreft, ortho_direft
 
-KINDS = {"loreft": loreft, "direft": direft}
+KINDS = {"loreft": loreft, "direft": direft, "noreft": noreft, "consreft": consreft,
+         "lobireft": lobireft, "ortho_direft": ortho_direft}
 
 
 class Intervention(nn.Module):
-    """Φ(h) for one (layer, group): LoReFT Φ(h) = h + Rᵀ(Wh + b − Rh) or DiReFT Φ(h) = h + W2ᵀ(W1h + b)."""
+    """Φ(h) for one (layer, group), of any kind in KINDS: LoReFT Φ(h) = h + Rᵀ(Wh + b − Rh),
+    DiReFT h + W2ᵀ(W1h + b), NoReFT h + W2ᵀ(W1h + b − W2h), ConsReFT h + Rᵀ(b − Rh),
+    LobiReFT h + Rᵀb, orthogonal DiReFT h + Rᵀ(Wh + b). A parameter named R is orthonormal
+    (ReftOptimizer.for_named_parameters keeps every "*.R" on the Stiefel manifold)."""
 
     def __init__(self, kind: str, hidden_size: int, rank: int, *, init: str = "paper", dropout: float = 0.0,
                  dtype: torch.dtype = torch.float32, device=None, generator: torch.Generator | None = None):

@@ -6,7 +6,7 @@ strategy draws the shape, the dtype and an integer seed, and the case builds its
 arrays with numpy.random.default_rng(seed). A failing example therefore prints as
 a handful of integers that rebuild it exactly.
 
-Sections: sizes and dtypes · cases (LoReFT, DiReFT, Stiefel) · configs and
+Sections: sizes and dtypes · cases (LoReFT, DiReFT, the rest of the family, Stiefel) · configs and
 positions (and batches for the in-model edit) · edge examples · comparison.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 from hypothesis import example
 from hypothesis import strategies as st
 
-from minireft import ReftConfig, direft, loreft
+from minireft import ReftConfig, consreft, direft, lobireft, loreft, noreft, ortho_direft
 from minireft.stiefel import random_stiefel
 
 # ---------------------------------------------------------------- sizes and dtypes
@@ -95,10 +95,43 @@ class Case:
         b = self.scale * rng.standard_normal(self.r)  # (r,)
         return {k: v.astype(self.dtype) for k, v in {"W1": W1, "W2": W2, "b": b}.items()}
 
+    def noreft(self) -> dict[str, np.ndarray]:
+        """{W1, W2, b}: W1, W2 ~ N(0, 1/d) (W2 not orthonormal: NoReFT has no constraint),
+        b ~ scale · N(0, 1)."""
+        rng = self.rng(5)
+        W1 = rng.standard_normal((self.r, self.d)) / np.sqrt(self.d)  # (r, d)
+        W2 = rng.standard_normal((self.r, self.d)) / np.sqrt(self.d)  # (r, d)
+        b = self.scale * rng.standard_normal(self.r)  # (r,)
+        return {k: v.astype(self.dtype) for k, v in {"W1": W1, "W2": W2, "b": b}.items()}
+
+    def consreft(self) -> dict[str, np.ndarray]:
+        """{R, b}: R Haar-random on St(r, d), b ~ scale · N(0, 1)."""
+        rng = self.rng(6)
+        R = random_stiefel(self.r, self.d, rng)  # (r, d)
+        b = self.scale * rng.standard_normal(self.r)  # (r,)
+        return {"R": R.astype(self.dtype), "b": b.astype(self.dtype)}
+
+    def lobireft(self) -> dict[str, np.ndarray]:
+        """{R, b}: as consreft (the same two parameters)."""
+        return self.consreft()
+
+    def ortho_direft(self) -> dict[str, np.ndarray]:
+        """{R, W, b}: as loreft (the same three parameters)."""
+        return self.loreft()
+
+    def params(self, kind: str) -> dict[str, np.ndarray]:
+        """The parameters of intervention `kind` (a key of FAMILY)."""
+        return getattr(self, kind)()
+
+
+# config.intervention -> its spec module: every intervention the property tests cover.
+FAMILY = {"loreft": loreft, "direft": direft, "noreft": noreft, "consreft": consreft,
+          "lobireft": lobireft, "ortho_direft": ortho_direft}
+
 
 @st.composite
 def cases(draw, max_d: int = MAX_D, dtype=None, lead=None) -> Case:
-    """A LoReFT/DiReFT case; dtype and lead may be pinned (float64 for the VJP checks)."""
+    """An intervention case (any kind of FAMILY); dtype and lead may be pinned (float64 for the VJP checks)."""
     r, d = draw(rank_dims(max_d))
     return Case(
         r=r,
@@ -226,16 +259,18 @@ class EditCase:
 
     def params(self, init: str = "paper") -> dict:
         """{group: {param: array}}: the spec's init (the identity one when init="identity")."""
-        math = {"loreft": loreft, "direft": direft}[self.config.intervention]
+        math = FAMILY[self.config.intervention]
         rng = self.rng(3)
         return {g: math.init(self.d, self.config.rank, rng, kind=init, dtype=self.dtype)
                 for g in self.config.groups}
 
 
 @st.composite
-def edit_cases(draw, dtype=None, max_rows: int = 4, max_tokens: int = 12) -> EditCase:
+def edit_cases(draw, dtype=None, max_rows: int = 4, max_tokens: int = 12,
+               interventions=("loreft", "direft")) -> EditCase:
     """Rows of 1..max_tokens real tokens, each padded left or right, prompts sometimes shorter
-    than the real tokens; any positions string, tied or not, LoReFT or DiReFT, r <= d <= 16."""
+    than the real tokens; any positions string, tied or not, one of `interventions` (keys of
+    FAMILY), r <= d <= 16."""
     counts = tuple(draw(st.lists(st.integers(1, max_tokens), min_size=1, max_size=max_rows)))
     sides = tuple(draw(st.lists(st.sampled_from(("left", "right")), min_size=len(counts),
                                 max_size=len(counts))))
@@ -245,7 +280,7 @@ def edit_cases(draw, dtype=None, max_rows: int = 4, max_tokens: int = 12) -> Edi
         prompts = tuple(draw(st.integers(1, c)) for c in counts)
     r, d = draw(rank_dims(16))
     config = ReftConfig(layers=(0,), rank=r, positions=draw(position_strings())[0],
-                        tied=draw(st.booleans()), intervention=draw(st.sampled_from(("loreft", "direft"))))
+                        tied=draw(st.booleans()), intervention=draw(st.sampled_from(interventions)))
     return EditCase(counts, sides, length, prompts, config, d,
                     np.dtype(dtype) if dtype is not None else draw(dtypes), draw(seeds))
 
@@ -347,7 +382,7 @@ def jacobian_fd(f, args: dict, name: str, eps: float = 1e-3) -> np.ndarray:
 
 def assert_vjp_is_the_jacobian(spec, r: int, d: int, lead: tuple, rtol: float) -> None:
     """spec.vjp with dout = e_k is row k of the Jacobian, for every k and every argument,
-    compared with the full central-difference Jacobian (spec: minireft.loreft or .direft)."""
+    compared with the full central-difference Jacobian (spec: a module of FAMILY)."""
     rng = np.random.default_rng(r * 100 + d)
     p = spec.init(d, r, rng, dtype=np.float64)
     h = rng.standard_normal((*lead, d))

@@ -2,9 +2,9 @@
 
 `loreft`, `direft`, `noreft`, `consreft`, `lobireft`, `ortho_direft`, `stiefel`, `optim`,
 and `edit` / `edit_vjp` (the in-model edit) carry the spec's functions under the same
-names, on torch tensors; `Intervention` and `ReftOptimizer` are the modules built on them. The Hugging Face integration lives in
-`minireft.hf`; `attach`, `ReftModel`, `train` and `load_model` are re-exported here
-(lazily) as the public contract names.
+names, on torch tensors; `Intervention` and `ReftOptimizer` are the modules built on them.
+The Hugging Face integration lives in `minireft.hf`; `attach`, `ReftModel`, `train` and
+`load_model` are re-exported here (lazily) as the public contract names.
 """
 
 from __future__ import annotations

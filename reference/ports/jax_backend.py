@@ -1,0 +1,223 @@
+"""A worked port of the minireft contract to JAX, written from reference/SPEC.md.
+
+    minireft check --backend reference/ports/jax_backend.py          # float64 and float32
+
+Every function is jax.numpy. The VJPs are not written out: `jax.vjp` differentiates the
+forward pass, and the corpus compares the result with the spec's analytic VJPs (SPEC.md
+§2.2, §3.2), so this file is also an independent check of those derivations.
+
+dtypes: importing this module turns on `jax_enable_x64`. Without it JAX stores every
+float64 array as float32 (silently), and the float64 run would fail on dtype. With it,
+float32 inputs stay float32: the Python floats mixed in below (betas, lr, bias
+corrections) are weakly typed and take the array's dtype, as SPEC.md §5.1 asks.
+
+The checker finds `to_backend` / `to_numpy` below and passes jax arrays in (a NumPy array
+of the dtype under test becomes a jax array of the same dtype) and reads them back.
+"""
+
+from __future__ import annotations
+
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+jax.config.update("jax_enable_x64", True)  # float64 stays float64 (see the module docstring)
+
+
+def to_backend(a: np.ndarray) -> jax.Array:
+    """A NumPy array of the dtype under test -> a jax array of the same dtype."""
+    return jnp.asarray(a)
+
+
+def to_numpy(x) -> np.ndarray:
+    return np.asarray(x)
+
+
+# ------------------------------------------------------------------------- LoReFT (§2)
+
+
+def _loreft_forward(h, R, W, b):
+    """Φ(h) = h + Rᵀ(W h + b − R h); h (..., d), R and W (r, d), b (r,) -> (..., d)."""
+    H = h.reshape(-1, h.shape[-1])  # (N, d): leading axes are rows
+    delta = H @ W.T + b - H @ R.T  # (N, r)
+    return (H + delta @ R).reshape(h.shape)
+
+
+def _loreft_vjp(h, R, W, b, dout):
+    """(dh, dR, dW, db) = the pullback of `dout` through Φ at (h, R, W, b), by jax.vjp."""
+    _, pullback = jax.vjp(_loreft_forward, h, R, W, b)
+    return pullback(dout)
+
+
+loreft = types.SimpleNamespace(forward=jax.jit(_loreft_forward), vjp=jax.jit(_loreft_vjp))
+
+# ------------------------------------------------------------------------- DiReFT (§3)
+
+
+def _direft_forward(h, W1, W2, b):
+    """Φ(h) = h + W2ᵀ(W1 h + b); h (..., d), W1 and W2 (r, d), b (r,) -> (..., d)."""
+    H = h.reshape(-1, h.shape[-1])  # (N, d)
+    return (H + (H @ W1.T + b) @ W2).reshape(h.shape)
+
+
+def _direft_vjp(h, W1, W2, b, dout):
+    """(dh, dW1, dW2, db), by jax.vjp of the forward pass."""
+    _, pullback = jax.vjp(_direft_forward, h, W1, W2, b)
+    return pullback(dout)
+
+
+direft = types.SimpleNamespace(forward=jax.jit(_direft_forward), vjp=jax.jit(_direft_vjp))
+
+# ------------------------------------------------------------------ Stiefel manifold (§4)
+
+
+def _project_tangent(R, G):
+    """P_R(G) = G − sym(G Rᵀ) R; R and G (r, d) -> (r, d)."""
+    GRt = G @ R.T  # (r, r)
+    return G - 0.5 * (GRt + GRt.T) @ R
+
+
+def _retract_polar(R, xi):
+    """U Vᵀ from the thin SVD R + ξ = U Σ Vᵀ; (r, d) -> (r, d)."""
+    U, _, Vt = jnp.linalg.svd(R + xi, full_matrices=False)
+    return U @ Vt
+
+
+def _retract_qr(R, xi):
+    """Qᵀ from (R + ξ)ᵀ = Q T with diag(T) > 0 (zero counts as +); (r, d) -> (r, d).
+
+    LAPACK (under jnp.linalg.qr too) leaves diag(T) with either sign, and jnp.sign(0) is 0,
+    so the signs are chosen with a comparison, not jnp.sign.
+    """
+    Q, T = jnp.linalg.qr((R + xi).T)  # Q (d, r), T (r, r)
+    signs = jnp.where(jnp.diagonal(T) >= 0, 1, -1).astype(Q.dtype)
+    return (Q * signs).T
+
+
+def _orthonormality_error(R):
+    """max |R Rᵀ − I| over the r² entries; R (r, d) -> a 0-d array."""
+    return jnp.max(jnp.abs(R @ R.T - jnp.eye(R.shape[0], dtype=R.dtype)))
+
+
+stiefel = types.SimpleNamespace(
+    project_tangent=jax.jit(_project_tangent), retract_polar=jax.jit(_retract_polar),
+    retract_qr=jax.jit(_retract_qr), orthonormality_error=jax.jit(_orthonormality_error))
+RETRACTIONS = {"polar": _retract_polar, "qr": _retract_qr}
+
+# ------------------------------------------------------------------------ optimizer (§5)
+
+
+def _moments(grad, state, betas):
+    """(t, m, v, Adam's direction m̂ / (sqrt(v̂) + ε) without ε) after one more step."""
+    beta1, beta2 = betas
+    if state is None:  # the zero state: t = 0, m = v = 0
+        state = {"step": 0, "exp_avg": jnp.zeros_like(grad), "exp_avg_sq": jnp.zeros_like(grad)}
+    t = int(state["step"]) + 1
+    m = beta1 * state["exp_avg"] + (1 - beta1) * grad
+    v = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad * grad
+    return t, m, v
+
+
+def _adam_direction(m, v, t, betas, eps):
+    """(m / (1 − β1ᵗ)) / (sqrt(v) / sqrt(1 − β2ᵗ) + ε), torch's order; bias corrections
+    are Python floats, so the dtype of m and v is kept."""
+    beta1, beta2 = betas
+    return (m / (1 - beta1**t)) / (jnp.sqrt(v) / (1 - beta2**t) ** 0.5 + eps)
+
+
+def _adamw_step(param, grad, state, *, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    """torch.optim.AdamW (amsgrad off): decay θ(1 − lr·λ) first, then Adam. -> (θ', state')."""
+    param = param * (1 - lr * weight_decay)
+    t, m, v = _moments(grad, state, betas)
+    param = param - lr * _adam_direction(m, v, t, betas, eps)
+    return param, {"step": t, "exp_avg": m, "exp_avg_sq": v}
+
+
+def _riemannian_adam_step(R, grad, state, *, lr, betas=(0.9, 0.999), eps=1e-8,
+                          retraction="polar"):
+    """Adam on St(r, d) from the Euclidean gradient: g = P_R(grad); moments of g;
+    ξ = −lr·P_R(direction); R' = retract(R, ξ); m ← P_R'(m), v not transported."""
+    if retraction not in RETRACTIONS:
+        raise ValueError(f"retraction must be one of {sorted(RETRACTIONS)}, got {retraction!r}")
+    t, m, v = _moments(_project_tangent(R, grad), state, betas)
+    xi = -lr * _project_tangent(R, _adam_direction(m, v, t, betas, eps))
+    R_new = RETRACTIONS[retraction](R, xi)
+    return R_new, {"step": t, "exp_avg": _project_tangent(R_new, m), "exp_avg_sq": v}
+
+
+optim = types.SimpleNamespace(adamw_step=_adamw_step, riemannian_adam_step=_riemannian_adam_step)
+
+# ------------------------------------------------------------------------ positions (§6)
+
+
+def _intervention_positions(n: int, prefix: int, suffix: int) -> tuple[list, list]:
+    """The first p' and last s' of n real tokens, 0-based; when n < p + s,
+    p' = min(p, ⌊n/2⌋) and s' = min(s, ⌈n/2⌉). Python ints in, two lists out."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1 (the prompt's real tokens), got {n}")
+    if n < prefix + suffix:
+        prefix, suffix = min(prefix, n // 2), min(suffix, (n + 1) // 2)
+    return list(range(prefix)), list(range(n - suffix, n))
+
+
+positions = types.SimpleNamespace(intervention_positions=_intervention_positions)
+
+# ---------------------------------------------------------------- the edit in a model (§11)
+
+
+def _edited_columns(attention_mask, prompt_lengths, config) -> dict:
+    """{group: (rows, cols)}, two int arrays of the (b, t) each group edits, row-major.
+
+    The mask decides which positions, and so the shapes that follow: this runs in NumPy on
+    concrete values, outside anything jax traces.
+    """
+    mask = np.asarray(attention_mask)
+    if mask.ndim != 2 or not np.all((mask == 0) | (mask == 1)):
+        raise ValueError(f"attention_mask must be (batch, length) of 0 and 1, got shape {mask.shape}")
+    lengths = None if prompt_lengths is None else np.asarray(prompt_lengths)
+    prefix, suffix = config.prefix_suffix
+    where = {g: ([], []) for g in config.groups}
+    for b, row in enumerate(mask):
+        real = np.flatnonzero(row)
+        if real.size == 0 or real[-1] - real[0] + 1 != real.size:
+            raise ValueError(f"row {b} has no real token or a gap in its attention_mask {row.tolist()}")
+        n = real.size if lengths is None else int(lengths[b])
+        if not 1 <= n <= real.size:
+            raise ValueError(f"row {b} has prompt length {n}, not in 1..{real.size} (its real tokens)")
+        pre, suf = _intervention_positions(n, prefix, suffix)
+        chosen = {"tied": pre + suf, "prefix": pre, "suffix": suf}
+        for group, (rows, cols) in where.items():
+            rows.extend([b] * len(chosen[group]))
+            cols.extend(int(real[0]) + t for t in chosen[group])
+    return {g: (np.array(r, dtype=np.int64), np.array(c, dtype=np.int64)) for g, (r, c) in where.items()}
+
+
+def _apply(h, where, config, params):
+    """h with Φ_g of group g's parameters at its (rows, cols); h (B, L, d)."""
+    phi = {"loreft": _loreft_forward, "direft": _direft_forward}[config.intervention]
+    names = {"loreft": ("R", "W", "b"), "direft": ("W1", "W2", "b")}[config.intervention]
+    for group, (rows, cols) in where.items():
+        args = [params[group][k] for k in names]
+        x = h[rows, cols].astype(args[0].dtype)  # (K, d), edited in the parameters' dtype
+        h = h.at[rows, cols].set(phi(x, *args).astype(h.dtype))
+    return h
+
+
+def edit(h, attention_mask, prompt_lengths, config, params):
+    """h' = h with Φ_g at group g's edited positions of every row (SPEC.md §11).
+
+    h (B, L, d); attention_mask (B, L) of 0/1; prompt_lengths (B,) or None; config a
+    minireft.ReftConfig (read: prefix_suffix, groups, tied, intervention); params
+    {group: {param: array}}. Returns (B, L, d) of h's dtype.
+    """
+    return _apply(h, _edited_columns(attention_mask, prompt_lengths, config), config, params)
+
+
+def edit_vjp(h, attention_mask, prompt_lengths, config, params, dout):
+    """(dh, grads) of `edit` against dout (B, L, d), by jax.vjp with the positions fixed;
+    grads has params' nesting (zeros for a group that edits nothing)."""
+    where = _edited_columns(attention_mask, prompt_lengths, config)
+    _, pullback = jax.vjp(lambda h, params: _apply(h, where, config, params), h, params)
+    return pullback(dout)

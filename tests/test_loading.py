@@ -350,26 +350,6 @@ def test_smollm2_second_load_reads_the_cache(smollm2, monkeypatch):  # noqa: F81
     assert model.config.hidden_size == 576
 
 
-@pytest.mark.torch
-@pytest.mark.slow
-def test_smollm2_cached_copy_is_bit_identical_to_gguf(smollm2):  # noqa: F811
-    """The float32 cache holds exactly the dequantised weights (a second GGUF load, ~15 s)."""
-    import torch
-
-
-    model, tok = smollm2
-    gguf_model, gguf_tok = loading.load_gguf()
-    for (k, a), (k2, b) in zip(model.state_dict().items(), gguf_model.state_dict().items()):
-        assert k == k2 and torch.equal(a, b), k
-    texts = ["The quick brown fox", "Representation finetuning edits hidden states, 1234."]
-    assert gguf_tok(texts).input_ids == tok(texts).input_ids  # the saved tokenizer is the same
-    enc = tok(texts, return_tensors="pt", padding=True)
-    with torch.no_grad():
-        a, b = model(**enc).logits, gguf_model(**enc).logits
-    assert torch.equal(a, b), f"max |diff| {float((a - b).abs().max())}"
-
-
-
 def _link_or_copy(src, dst):
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -381,19 +361,37 @@ def _link_or_copy(src, dst):
 
 @pytest.mark.torch
 @pytest.mark.slow
-def test_a_real_gguf_file_by_its_path_converts_once(smollm2, tmp_path, monkeypatch):  # noqa: F811
+def test_a_real_gguf_file_by_its_path_converts_once_into_an_exact_copy(smollm2, tmp_path,  # noqa: F811
+                                                                       monkeypatch):
     """The packaged GGUF file under another path and name is converted like any GGUF file
-    (~20 s): the copy equals the alias's, and the second load reads it."""
+    (one conversion, ~20 s): the cached copy holds exactly the dequantised weights (logits
+    bit-identical to the GGUF-loaded model's), equals the alias's copy, and the second load
+    reads it."""
     import torch
 
     model, tok = smollm2
     gguf = _link_or_copy(packaged.smollm2_gguf_path(), tmp_path / "models" / "my-smollm2.gguf")
     assert loading.resolve_model(gguf.parent) == ("gguf", gguf)
+    converted = []
+    real_load_gguf = loading.load_gguf
+
+    def keep(*args, **kwargs):
+        converted.append(real_load_gguf(*args, **kwargs))
+        return converted[-1]
+
+    monkeypatch.setattr(loading, "load_gguf", keep)
     loaded, loaded_tok = loading.load_model(gguf.parent, cache_dir=tmp_path / "cache")
-    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
-        assert k == k2 and torch.equal(a, b), k
+    ((gguf_model, gguf_tok),) = converted
+    assert getattr(gguf_model.config, "quantization_config", None) is None
+    for (k, a), (k2, b), (k3, c) in zip(gguf_model.state_dict().items(), loaded.state_dict().items(),
+                                        model.state_dict().items()):
+        assert k == k2 == k3 and torch.equal(a, b) and torch.equal(b, c), k
     texts = ["The quick brown fox", "Representation finetuning edits hidden states, 1234."]
-    assert loaded_tok(texts).input_ids == tok(texts).input_ids
+    assert gguf_tok(texts).input_ids == loaded_tok(texts).input_ids == tok(texts).input_ids
+    enc = loaded_tok(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        a, b = loaded(**enc).logits, gguf_model(**enc).logits
+    assert torch.equal(a, b), f"max |diff| {float((a - b).abs().max())}"
 
     def no_gguf(*a, **k):
         raise AssertionError("load_model converted the GGUF file again instead of reading the cache")

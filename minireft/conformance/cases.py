@@ -37,8 +37,13 @@ class Case:
 
 
 def default_cases_dir() -> Path:
-    """reference/cases beside the package (a source checkout or an editable install)."""
-    return Path(minireft.__file__).resolve().parent.parent / "reference" / "cases"
+    """The corpus the package carries (minireft/_corpus, in a wheel install), else
+    reference/cases beside the package (a source checkout or an editable install)."""
+    package = Path(minireft.__file__).resolve().parent
+    packaged = package / "_corpus"
+    if (packaged / "index.json").is_file():
+        return packaged
+    return package.parent / "reference" / "cases"
 
 
 def load_cases(cases_dir=None, filters=()) -> list[Case]:
@@ -59,8 +64,6 @@ def load_cases(cases_dir=None, filters=()) -> list[Case]:
         meta = json.loads((cases_dir / name / "meta.json").read_text(encoding="utf-8"))
         cases.append(Case(name, cases_dir / name, meta))
     return cases
-
-
 
 
 def check_spec_version(cases) -> list[str]:

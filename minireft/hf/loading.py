@@ -24,7 +24,8 @@ with its tokenizer, into
     cache root = cache_dir argument, else $MINIREFT_CACHE, else ~/.cache/minireft
 
 written atomically (a temporary folder, then one rename), so an interrupted or concurrent
-first load never leaves a half-written copy. Later loads read that copy (~1 s). The copy
+first load never leaves a half-written copy. Later loads read that copy (~1-2 s for SmolLM2;
+transformers parses a 262k-token tokenizer.json in Python, ~10 s more for Gemma 3). The copy
 holds exactly the dequantised weights: its logits are bit-identical to the GGUF-loaded
 model's. A GGUF file that changes (other size or time) gets a new copy.
 

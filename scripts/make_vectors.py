@@ -87,7 +87,7 @@ def case(name, operation, inputs, *, description, kwargs=None, dtypes=conformanc
     return outputs
 
 
-# --------------------------------------------------------------------------- LoReFT, DiReFT
+# --------------------------------------------------------------------------- LoReFT, DiReFT, the family
 
 
 def loreft_params(rng, d, r):
@@ -106,8 +106,25 @@ def direft_params(rng, d, r):
     return {"W1": W1, "W2": W2, "b": b}
 
 
-PARAMS = {"loreft": loreft_params, "direft": direft_params}
-FORMULA = {"loreft": "Φ(h) = h + Rᵀ(W h + b − R h)", "direft": "Φ(h) = h + W2ᵀ(W1 h + b)"}
+def noreft_params(rng, d, r):
+    W1 = rng.standard_normal((r, d)) / np.sqrt(d)  # (r, d)
+    W2 = rng.standard_normal((r, d)) / np.sqrt(d)  # (r, d), no orthogonality
+    b = rng.standard_normal(r) / np.sqrt(d)  # (r,)
+    return {"W1": W1, "W2": W2, "b": b}
+
+
+def subspace_params(rng, d, r):
+    """ConsReFT's and LobiReFT's {R, b}: R as LoReFT's (never symmetric), b ~ N(0, 1), the
+    size of the coordinates R h it replaces or shifts."""
+    R = loreft_params(rng, d, r)["R"]
+    return {"R": R, "b": rng.standard_normal(r)}
+
+
+PARAMS = {"loreft": loreft_params, "direft": direft_params, "noreft": noreft_params,
+          "consreft": subspace_params, "lobireft": subspace_params, "ortho_direft": loreft_params}
+FORMULA = {"loreft": "Φ(h) = h + Rᵀ(W h + b − R h)", "direft": "Φ(h) = h + W2ᵀ(W1 h + b)",
+           "noreft": "Φ(h) = h + W2ᵀ(W1 h + b − W2 h)", "consreft": "Φ(h) = h + Rᵀ(b − R h)",
+           "lobireft": "Φ(h) = h + Rᵀ b", "ortho_direft": "Φ(h) = h + Rᵀ(W h + b), R orthonormal"}
 
 
 def intervention_case(method, op, d, r, shape, *, scale=1.0, tag="", dtypes=conformance.DTYPES,
@@ -147,6 +164,39 @@ def intervention_grid():
         for d in (4, 8):  # r = d (with r = d = 1, 2 above): LoReFT is then Φ(h) = Rᵀ(W h + b)
             for op in ("forward", "vjp"):
                 intervention_case(method, op, d, d, "nd", note="r = d")
+
+
+# (d, r, shape) of the family's cases: the corners d = r = 1 and r = d, a batch, and SmolLM2's
+# d at rank 1 on one vector (the corpus has a 5 MB budget).
+FAMILY_GRID = ((1, 1, "vec"), (2, 1, "bnd"), (7, 2, "nd"), (7, 7, "nd"), (64, 8, "bnd"), (576, 1, "vec"))
+
+
+def family_grid():
+    """NoReFT, ConsReFT, LobiReFT, orthogonal DiReFT (SPEC §3a): forward and VJP on FAMILY_GRID."""
+    for method in ("noreft", "consreft", "lobireft", "ortho_direft"):
+        for d, r, shape in FAMILY_GRID:
+            intervention_case(method, "forward", d, r, shape)
+            # ConsReFT at r = d is Φ(h) = Rᵀ b: dh = 0 in exact arithmetic, and its rounding
+            # noise cannot be compared relatively; r < d covers every term of its VJP.
+            if not (method == "consreft" and r == d):
+                intervention_case(method, "vjp", d, r, shape)
+
+
+def family_identity():
+    """The family's identity parameters give Φ(h) = h exactly (ConsReFT has none, SPEC §3a.2)."""
+    zero = {"noreft": lambda p: {"W1": p["W2"].copy(), "b": np.zeros_like(p["b"])},
+            "lobireft": lambda p: {"b": np.zeros_like(p["b"])},
+            "ortho_direft": lambda p: {"W": np.zeros_like(p["W"]), "b": np.zeros_like(p["b"])}}
+    what = {"noreft": "W1 = W2, b = 0", "lobireft": "b = 0", "ortho_direft": "W = 0, b = 0"}
+    for method, identity in zero.items():
+        name = f"{method}_forward_identity_d64_r8_bnd"
+        rng = np.random.default_rng(seed_of(name))
+        params = PARAMS[method](rng, 64, 8)
+        params.update(identity(params))
+        h = rng.standard_normal((2, 3, 64))
+        out = case(name, f"{method}.forward", {"h": h, **params}, seed=seed_of(name),
+                   description=f"{method} identity init: {what[method]} gives Φ(h) = h exactly")
+        assert np.array_equal(out["out"], h), name
 
 
 def magnitudes():
@@ -413,6 +463,12 @@ def edit_cases():
     edit_case("edit_vjp_loreft_untied_f2l2_all_short", method="loreft", positions="f2+l2", tied=False,
               d=8, r=2, counts=(1, 1), length=3, sides=("left", "right"), vjp=True,
               note="every prompt has 1 token: the prefix group edits nothing and gets zero gradients")
+    for method in ("noreft", "consreft", "lobireft", "ortho_direft"):
+        edit_case(f"edit_{method}_untied_f2l3_mixed", method=method, positions="f2+l3", tied=False,
+                  d=16, r=4, counts=SHORT, length=9, sides=("left", "right") * 2 + ("left",))
+        edit_case(f"edit_vjp_{method}_tied_f1l2_prompts", method=method, positions="f1+l2", tied=True,
+                  d=7, r=2, counts=(3, 6, 2), length=6, sides=("right", "left", "left"), prompts=(2, 4, 1),
+                  vjp=True)
     edit_case("edit_loreft_tied_f2l2_identity", method="loreft", positions="f2+l2", tied=True, d=16, r=4,
               counts=SHORT, length=9, sides=("left", "right") * 2 + ("left",), identity=True,
               note="identity init W = R, b = 0: out = h exactly")
@@ -426,6 +482,8 @@ def build() -> list[dict]:
     intervention_grid()
     magnitudes()
     identity_init()
+    family_grid()
+    family_identity()
     stiefel_cases()
     adamw_cases()
     riemannian_cases()

@@ -258,6 +258,7 @@ def _mirror(wrap, namespace=types.SimpleNamespace):
     """The spec's functions, wrapped, under the contract's names."""
     parts = {}
     for part, names in {"loreft": ("forward", "vjp"), "direft": ("forward", "vjp"),
+                        **{kind: ("forward", "vjp") for kind in wrong_backends.FAMILY},
                         "stiefel": ("project_tangent", "retract_polar", "retract_qr", "orthonormality_error"),
                         "optim": ("adamw_step", "riemannian_adam_step")}.items():
         module = namespace(part)

@@ -21,6 +21,10 @@ import numpy as np
 import minireft
 from minireft import stiefel
 
+# The rest of the family (NoReFT, ConsReFT, LobiReFT, orthogonal DiReFT), the spec's own in
+# every wrong backend: each bug below is a LoReFT or optimizer bug.
+FAMILY = {kind: getattr(minireft, kind) for kind in ("noreft", "consreft", "lobireft", "ortho_direft")}
+
 # ---------------------------------------------------------------- R transposed
 
 
@@ -41,7 +45,7 @@ def _transposed_vjp(h, R, W, b, dout):
 TRANSPOSED_R = types.SimpleNamespace(
     loreft=types.SimpleNamespace(forward=_transposed_forward, vjp=_transposed_vjp),
     direft=minireft.direft, stiefel=minireft.stiefel, optim=minireft.optim,
-    positions=minireft.positions, edit=minireft.edit, edit_vjp=minireft.edit_vjp)
+    positions=minireft.positions, edit=minireft.edit, edit_vjp=minireft.edit_vjp, **FAMILY)
 
 # ---------------------------------------------------------------- sign of dR
 
@@ -54,7 +58,7 @@ def _flipped_vjp(h, R, W, b, dout):
 FLIPPED_DR = types.SimpleNamespace(
     loreft=types.SimpleNamespace(forward=minireft.loreft.forward, vjp=_flipped_vjp),
     direft=minireft.direft, stiefel=minireft.stiefel, optim=minireft.optim,
-    positions=minireft.positions, edit=minireft.edit, edit_vjp=minireft.edit_vjp)
+    positions=minireft.positions, edit=minireft.edit, edit_vjp=minireft.edit_vjp, **FAMILY)
 
 # ---------------------------------------------------------------- QR without the sign fix
 
@@ -83,7 +87,7 @@ def _riemannian_adam_step(R, grad, state, *, lr, betas=(0.9, 0.999), eps=1e-8, r
 
 
 UNSIGNED_QR = types.SimpleNamespace(
-    loreft=minireft.loreft, direft=minireft.direft, positions=minireft.positions,
+    loreft=minireft.loreft, direft=minireft.direft, positions=minireft.positions, **FAMILY,
     edit=minireft.edit, edit_vjp=minireft.edit_vjp,
     stiefel=types.SimpleNamespace(
         project_tangent=stiefel.project_tangent, retract_polar=stiefel.retract_polar,

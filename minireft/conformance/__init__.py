@@ -4,6 +4,10 @@ A backend is a module, or any object, exposing the contract's functional names:
 
     loreft.forward(h, R, W, b)               loreft.vjp(h, R, W, b, dout) -> (dh, dR, dW, db)
     direft.forward(h, W1, W2, b)             direft.vjp(h, W1, W2, b, dout) -> (dh, dW1, dW2, db)
+    noreft.forward(h, W1, W2, b)             noreft.vjp(h, W1, W2, b, dout) -> (dh, dW1, dW2, db)
+    consreft.forward(h, R, b)                consreft.vjp(h, R, b, dout) -> (dh, dR, db)
+    lobireft.forward(h, R, b)                lobireft.vjp(h, R, b, dout) -> (dh, dR, db)
+    ortho_direft.forward(h, R, W, b)         ortho_direft.vjp(h, R, W, b, dout) -> (dh, dR, dW, db)
     stiefel.project_tangent(R, G)            stiefel.retract_polar(R, xi)
     stiefel.retract_qr(R, xi)                stiefel.orthonormality_error(R)
     optim.adamw_step(param, grad, state, *, lr, betas, eps, weight_decay) -> (param, state)

@@ -42,6 +42,26 @@ def _direft_vjp(be, x, kw, put, get):
     return {k: get(v) for k, v in zip(("dh", "dW1", "dW2", "db"), _n_tuple(res, 4, "direft.vjp"))}
 
 
+def _intervention(kind: str, params: tuple[str, ...]):
+    """(forward runner, vjp runner) for an intervention whose call is kind.forward(h, *params)
+    and kind.vjp(h, *params, dout) -> (dh, d-params in the same order)."""
+    outputs = ("dh", *(f"d{p}" for p in params))
+
+    def forward(be, x, kw, put, get):
+        return {"out": get(_fn(be, f"{kind}.forward")(*(put(x[k]) for k in ("h", *params))))}
+
+    def vjp(be, x, kw, put, get):
+        res = _fn(be, f"{kind}.vjp")(*(put(x[k]) for k in ("h", *params, "dout")))
+        return {k: get(v) for k, v in zip(outputs, _n_tuple(res, len(outputs), f"{kind}.vjp"))}
+
+    return forward, vjp
+
+
+# The rest of the family (SPEC §3a): the calls as LoReFT's, with each kind's parameters.
+FAMILY = {"noreft": ("W1", "W2", "b"), "consreft": ("R", "b"), "lobireft": ("R", "b"),
+          "ortho_direft": ("R", "W", "b")}
+
+
 def _stiefel(name, second):
     def run(be, x, kw, put, get):
         return {"out": get(_fn(be, f"stiefel.{name}")(put(x["R"]), put(x[second])))}
@@ -129,6 +149,9 @@ OPERATIONS = {
     "loreft.vjp": (_loreft_vjp, "gradient"),
     "direft.forward": (_direft_forward, "value"),
     "direft.vjp": (_direft_vjp, "gradient"),
+    **{f"{kind}.{op}": (runner, tol)
+       for kind, params in FAMILY.items()
+       for op, runner, tol in zip(("forward", "vjp"), _intervention(kind, params), ("value", "gradient"))},
     "stiefel.project_tangent": (_stiefel("project_tangent", "G"), "value"),
     "stiefel.retract_polar": (_stiefel("retract_polar", "xi"), "retraction"),
     "stiefel.retract_qr": (_stiefel("retract_qr", "xi"), "retraction"),

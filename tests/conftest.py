@@ -10,6 +10,7 @@ import os
 # than a single-threaded one. Set before NumPy is first imported; override from outside.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # ---------------------------------------------------------------- hypothesis profiles
@@ -34,3 +35,13 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# ---------------------------------------------------------------- slow: the real model
+# Every test that takes the real SmolLM2 (the `smollm2` fixture of tests/_real_model.py) is
+# slow, marked here so that a new one cannot be forgotten: `pytest -m "not slow"` skips them.
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "smollm2" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

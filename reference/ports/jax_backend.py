@@ -4,7 +4,7 @@
 
 Every function is jax.numpy. The VJPs are not written out: `jax.vjp` differentiates the
 forward pass, and the corpus compares the result with the spec's analytic VJPs (SPEC.md
-§2.2, §3.2), so this file is also an independent check of those derivations.
+§2.2, §3.2, §3a), so this file is also an independent check of those derivations.
 
 dtypes: importing this module turns on `jax_enable_x64`. Without it JAX stores every
 float64 array as float32 (silently), and the float64 run would fail on dtype. With it,
@@ -17,6 +17,7 @@ of the dtype under test becomes a jax array of the same dtype) and reads them ba
 
 from __future__ import annotations
 
+import functools
 import types
 
 import jax
@@ -35,40 +36,74 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-# ------------------------------------------------------------------------- LoReFT (§2)
+# ------------------------------------------------------------- the interventions (§2, §3, §3a)
+# Each is a forward pass Φ on the row form H (N, d) = h.reshape(-1, d); leading axes are rows.
 
 
 def _loreft_forward(h, R, W, b):
     """Φ(h) = h + Rᵀ(W h + b − R h); h (..., d), R and W (r, d), b (r,) -> (..., d)."""
-    H = h.reshape(-1, h.shape[-1])  # (N, d): leading axes are rows
+    H = h.reshape(-1, h.shape[-1])  # (N, d)
     delta = H @ W.T + b - H @ R.T  # (N, r)
     return (H + delta @ R).reshape(h.shape)
 
 
-def _loreft_vjp(h, R, W, b, dout):
-    """(dh, dR, dW, db) = the pullback of `dout` through Φ at (h, R, W, b), by jax.vjp."""
-    _, pullback = jax.vjp(_loreft_forward, h, R, W, b)
-    return pullback(dout)
-
-
-loreft = types.SimpleNamespace(forward=jax.jit(_loreft_forward), vjp=jax.jit(_loreft_vjp))
-
-# ------------------------------------------------------------------------- DiReFT (§3)
-
-
 def _direft_forward(h, W1, W2, b):
-    """Φ(h) = h + W2ᵀ(W1 h + b); h (..., d), W1 and W2 (r, d), b (r,) -> (..., d)."""
-    H = h.reshape(-1, h.shape[-1])  # (N, d)
+    """Φ(h) = h + W2ᵀ(W1 h + b); W1 and W2 (r, d), b (r,)."""
+    H = h.reshape(-1, h.shape[-1])
     return (H + (H @ W1.T + b) @ W2).reshape(h.shape)
 
 
-def _direft_vjp(h, W1, W2, b, dout):
-    """(dh, dW1, dW2, db), by jax.vjp of the forward pass."""
-    _, pullback = jax.vjp(_direft_forward, h, W1, W2, b)
-    return pullback(dout)
+def _noreft_forward(h, W1, W2, b):
+    """Φ(h) = h + W2ᵀ(W1 h + b − W2 h): LoReFT with an unconstrained W2 for R."""
+    H = h.reshape(-1, h.shape[-1])
+    return (H + (H @ W1.T + b - H @ W2.T) @ W2).reshape(h.shape)
 
 
-direft = types.SimpleNamespace(forward=jax.jit(_direft_forward), vjp=jax.jit(_direft_vjp))
+def _consreft_forward(h, R, b):
+    """Φ(h) = h + Rᵀ(b − R h): LoReFT with W = 0."""
+    H = h.reshape(-1, h.shape[-1])
+    return (H + (b - H @ R.T) @ R).reshape(h.shape)
+
+
+def _lobireft_forward(h, R, b):
+    """Φ(h) = h + Rᵀ b: one shift (d,) for every row."""
+    H = h.reshape(-1, h.shape[-1])
+    return (H + b @ R).reshape(h.shape)
+
+
+def _ortho_direft_forward(h, R, W, b):
+    """Φ(h) = h + Rᵀ(W h + b): DiReFT with W2 = R orthonormal."""
+    H = h.reshape(-1, h.shape[-1])
+    return (H + (H @ W.T + b) @ R).reshape(h.shape)
+
+
+# intervention name -> (Φ, its parameters in the contract's order)
+INTERVENTIONS = {
+    "loreft": (_loreft_forward, ("R", "W", "b")),
+    "direft": (_direft_forward, ("W1", "W2", "b")),
+    "noreft": (_noreft_forward, ("W1", "W2", "b")),
+    "consreft": (_consreft_forward, ("R", "b")),
+    "lobireft": (_lobireft_forward, ("R", "b")),
+    "ortho_direft": (_ortho_direft_forward, ("R", "W", "b")),
+}
+
+
+def _namespace(forward) -> types.SimpleNamespace:
+    """`forward(h, *params)` and `vjp(h, *params, dout) -> (dh, *dparams)`, the pullback of
+    dout by jax.vjp. Both jitted: one XLA compilation per shape and dtype instead of one
+    per primitive."""
+
+    def vjp(h, *params_and_dout):
+        *params, dout = params_and_dout
+        _, pullback = jax.vjp(forward, h, *params)
+        return pullback(dout)
+
+    return types.SimpleNamespace(forward=jax.jit(forward), vjp=jax.jit(vjp))
+
+
+loreft, direft, noreft, consreft, lobireft, ortho_direft = (
+    _namespace(INTERVENTIONS[name][0])
+    for name in ("loreft", "direft", "noreft", "consreft", "lobireft", "ortho_direft"))
 
 # ------------------------------------------------------------------ Stiefel manifold (§4)
 
@@ -194,10 +229,11 @@ def _edited_columns(attention_mask, prompt_lengths, config) -> dict:
     return {g: (np.array(r, dtype=np.int64), np.array(c, dtype=np.int64)) for g, (r, c) in where.items()}
 
 
-def _apply(h, where, config, params):
-    """h with Φ_g of group g's parameters at its (rows, cols); h (B, L, d)."""
-    phi = {"loreft": _loreft_forward, "direft": _direft_forward}[config.intervention]
-    names = {"loreft": ("R", "W", "b"), "direft": ("W1", "W2", "b")}[config.intervention]
+@functools.partial(jax.jit, static_argnames="intervention")
+def _apply(h, where, intervention, params):
+    """h with Φ_g of group g's parameters at its (rows, cols); h (B, L, d). Jitted: one
+    compilation per case instead of one per gather and scatter."""
+    phi, names = INTERVENTIONS[intervention]
     for group, (rows, cols) in where.items():
         args = [params[group][k] for k in names]
         x = h[rows, cols].astype(args[0].dtype)  # (K, d), edited in the parameters' dtype
@@ -212,12 +248,13 @@ def edit(h, attention_mask, prompt_lengths, config, params):
     minireft.ReftConfig (read: prefix_suffix, groups, tied, intervention); params
     {group: {param: array}}. Returns (B, L, d) of h's dtype.
     """
-    return _apply(h, _edited_columns(attention_mask, prompt_lengths, config), config, params)
+    where = _edited_columns(attention_mask, prompt_lengths, config)
+    return _apply(h, where, config.intervention, params)
 
 
 def edit_vjp(h, attention_mask, prompt_lengths, config, params, dout):
     """(dh, grads) of `edit` against dout (B, L, d), by jax.vjp with the positions fixed;
     grads has params' nesting (zeros for a group that edits nothing)."""
     where = _edited_columns(attention_mask, prompt_lengths, config)
-    _, pullback = jax.vjp(lambda h, params: _apply(h, where, config, params), h, params)
+    _, pullback = jax.vjp(lambda h, params: _apply(h, where, config.intervention, params), h, params)
     return pullback(dout)

@@ -122,10 +122,11 @@ def _run_stopped(exc: BaseException) -> bool:
 
 def _add_train(sub) -> argparse.ArgumentParser:
     from minireft.config import INITS, INTERVENTIONS, ReftConfig
-    from minireft.hf.recipe import LAYER_FRACTIONS, LOG_FILE, PLOT_FILE, TRAIN
+    from minireft.hf.recipe import LAYER_FRACTIONS, LOG_FILE, PLOT_FILE, TRAIN, default_layers
 
     reft_default = {f.name: f.default for f in dataclasses.fields(ReftConfig)}
     fractions = ", ".join(f"{f:.3g}" for f in LAYER_FRACTIONS)
+    of_30 = ",".join(map(str, default_layers(30)))
     p = sub.add_parser(
         "train",
         help="train a ReFT adapter on a JSONL file",
@@ -147,7 +148,7 @@ def _add_train(sub) -> argparse.ArgumentParser:
     g = p.add_argument_group("the intervention")
     g.add_argument("--layers", type=_layer_list, nargs="+", metavar="L",
                    help="0-based block indices, e.g. 8 or 4,8 (default: block round(f·n) of an "
-                        f"n-block model for f in {fractions}; 4,8 of 30)")
+                        f"n-block model for f in {fractions}; {of_30} of 30)")
     g.add_argument("--rank", type=int, default=reft_default["rank"],
                    help="the subspace rank r (default %(default)s)")
     g.add_argument("--positions", default=reft_default["positions"],

@@ -177,6 +177,49 @@ def test_loss_counts_completion_tokens_only():
     assert abs(lm_loss_sum(noisy, labels)[0].item() - want) < 1e-9
 
 
+def _no_logits_to_keep(model):
+    """`model` whose forward does not take logits_to_keep (train() then slices before the head)."""
+    cls = type(model)
+
+    class Plain(cls):
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, use_cache=None,
+                    **kwargs):
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask,
+                                   position_ids=position_ids, use_cache=use_cache)
+
+    model.__class__ = Plain
+    return model
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "gemma3", "plain"])
+def test_training_loss_builds_logits_only_where_labels_are(name):
+    """The training loss asks the model for logits at the K positions whose next token is a
+    target (logits_to_keep, or slicing before the head), and equals lm_loss_sum on the full
+    logits; Gemma's final logit softcapping still applies."""
+    from tiny_models import build
+
+    overrides = {"final_logit_softcapping": 2.0} if name == "gemma3" else {}
+    model, _ = build("llama" if name == "plain" else name, dtype=torch.float64, **overrides)
+    if name == "plain":
+        model = _no_logits_to_keep(model)
+    r = reft(model, layers=(0, 2), dtype="float64")
+    examples = [{"prompt": "abcdefg", "completion": "h"}, {"prompt": "ab", "completion": "cdef"}]
+    batch = collate(encode_examples(tiny_tokenizer(), examples), 0, padding_side="left")
+    widths = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, a, out: widths.append(out.shape[1]))
+    loss, _ = train_mod._loss_sum(r, batch, "lm")
+    handle.remove()
+    full = r(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+             prompt_lengths=batch["prompt_lengths"], use_cache=False).logits
+    want, n = lm_loss_sum(full, batch["labels"])
+    supervised = (batch["labels"][:, 1:] != IGNORE_INDEX).any(0).sum().item()
+    assert widths[0] == supervised < batch["labels"].shape[1] - 1, (widths, supervised)
+    assert n == 2 + 5
+    assert abs(loss.item() - want.item()) <= 1e-12 * abs(want.item()), (loss.item(), want.item())
+    if name == "gemma3":
+        assert full.abs().max() <= 2.0, "softcapping did not apply"
+
+
 @pytest.mark.parametrize("example, error, words", [
     ({"completion": "x"}, KeyError, ["example 1", "'prompt'"]),
     ({"prompt": "x"}, KeyError, ["example 1", "'completion'"]),
@@ -470,23 +513,30 @@ def test_interrupt_keeps_last_completed_step(tmp_path):
 
 
 def test_interrupt_inside_optimizer_step_is_undone(monkeypatch):
+    """ReftOptimizer.step computes every new value before it writes any: a KeyboardInterrupt
+    raised inside step 2's own computation (the Stiefel stacks and one AdamW update already
+    computed) leaves step 1's parameters, with no copy of them taken by train()."""
+    from minireft.torch import optim
+
     tok = tiny_tokenizer()
     model = reft(tiny_llama())
-    start = params_of(model)
-    real_step = train_mod.ReftOptimizer.step
+    snapshots, armed = [], []
+    real_adamw = optim.adamw_step
 
-    def half_step(self, closure=None):
-        p = self.param_groups[0]["params"][0]
-        with torch.no_grad():
-            p.add_(1.0)  # one parameter updated, then the interrupt
-        raise KeyboardInterrupt
+    def adamw_then_interrupt(*args, **kwargs):
+        if snapshots:  # step 2: let one update through, interrupt the next
+            armed.append(1)
+            if len(armed) == 2:
+                raise KeyboardInterrupt
+        return real_adamw(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod.ReftOptimizer, "step", half_step)
+    monkeypatch.setattr(optim, "adamw_step", adamw_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        train(model, tok, PAIRS, batch_size=2, **QUIET)
-    monkeypatch.setattr(train_mod.ReftOptimizer, "step", real_step)
+        train(model, tok, PAIRS, batch_size=2, eval_fn=lambda m: snapshots.append(params_of(m)),
+              eval_every=1, **QUIET)
+    assert len(snapshots) == 1 and len(armed) == 2, "the interrupt did not land inside step 2"
     for name, p in params_of(model).items():
-        assert torch.equal(p, start[name]), f"{name} kept half of an interrupted step"
+        assert torch.equal(p, snapshots[0][name]), f"{name} kept part of an interrupted step"
         assert p.grad is None
 
 

@@ -20,6 +20,15 @@ hooked block then does
 No Python loop over rows, and the work beyond the one copy of H is proportional to the
 edited positions.
 
+Gradient checkpointing (ReftModel.gradient_checkpointing_enable): a checkpointed block
+that reruns its forward in backward must see the same plan, or its recomputed output would
+go unedited. Checkpointing goes through torch.utils.checkpoint (non-reentrant) with a
+context_fn that captures the plan of the call being checkpointed and reinstates it for the
+recomputation, so a hook that runs again (transformers versions that checkpoint
+`__call__`, hooks included) edits the same positions with the same parameters; where the
+hooks stay outside the checkpoint (transformers 5 checkpoints `forward`) the edit is not
+recomputed at all. Checkpointing enabled any other way is refused in training.
+
 When: a forward pre-hook on the base model decides per call. A call whose input starts at
 position 0 (no cached past) is a prefill and is edited; a call that continues a KV cache
 (a decode step) runs untouched: the edit reaches it through the cache.
@@ -27,6 +36,7 @@ position 0 (no cached past) is a prefill and is edited; a call that continues a 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import warnings
@@ -190,14 +200,51 @@ class ReftModel(nn.Module):
             raise RuntimeError("this ReftModel was detached; attach the model again")
 
     def _check_checkpointing(self) -> None:
-        # Checkpointed blocks recompute during backward, after the edit plan is gone: the
-        # recomputed outputs would be unedited and the gradients silently wrong.
-        flag = getattr(self.model, "is_activation_checkpointing", None)  # transformers v5 name
-        if flag is None:
-            flag = getattr(self.model, "is_gradient_checkpointing", False)
-        if self.training and torch.is_grad_enabled() and flag:
-            raise NotImplementedError("gradient checkpointing is not supported with ReFT hooks; call "
-                                      "model.gradient_checkpointing_disable() (the adapter is tiny anyway)")
+        # Checkpointed blocks recompute during backward, after the edit plan is gone: unless
+        # the checkpoint reinstates it (ours does), recomputed outputs would be unedited.
+        foreign = [m for m in self.model.modules() if getattr(m, "gradient_checkpointing", False) is True
+                   and not self._is_our_checkpoint(getattr(m, "_gradient_checkpointing_func", None))]
+        if self.training and torch.is_grad_enabled() and foreign:
+            raise NotImplementedError(
+                "gradient checkpointing was enabled on the base model directly: its recomputed blocks "
+                "would not be edited; call reft_model.gradient_checkpointing_enable() instead (or "
+                "train(..., gradient_checkpointing=True)), or model.gradient_checkpointing_disable()")
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Checkpoint the base model's blocks (non-reentrant torch.utils.checkpoint) so that a
+        recomputed block is edited exactly as in the first pass (module docstring). As in
+        Hugging Face, a block checkpoints only while its own `training` flag is set (train()
+        sets it on the blocks alone, leaving their dropout off)."""
+        kwargs = {"use_reentrant": False, "context_fn": self._checkpoint_contexts}
+        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers v5
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        elif hasattr(self.model, "gradient_checkpointing_enable"):
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        else:
+            raise ValueError(f"{type(self.model).__name__} has no gradient checkpointing "
+                             "(no gradient_checkpointing_enable)")
+
+    def gradient_checkpointing_disable(self) -> None:
+        if hasattr(self.model, "activation_checkpointing_disable"):  # transformers v5
+            self.model.activation_checkpointing_disable()
+        else:
+            self.model.gradient_checkpointing_disable()
+
+    def _is_our_checkpoint(self, func) -> bool:
+        return getattr(func, "keywords", {}).get("context_fn") == self._checkpoint_contexts
+
+    def _checkpoint_contexts(self):
+        """torch.utils.checkpoint's context_fn: (forward context, recompute context); the
+        recompute runs with the plan of the call being checkpointed now."""
+        return contextlib.nullcontext(), self._with_plan(self._plan)
+
+    @contextlib.contextmanager
+    def _with_plan(self, plan: EditPlan | None):
+        saved, self._plan = self._plan, plan
+        try:
+            yield
+        finally:
+            self._plan = saved
 
     def forward(self, input_ids=None, attention_mask=None, *, prompt_lengths=None, **model_kwargs):
         """The base model's output with the edit. input_ids, attention_mask: (B, L).

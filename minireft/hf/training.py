@@ -27,6 +27,8 @@ every R (no weight decay), AdamW for the rest.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import math
 import random
@@ -43,6 +45,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from minireft import io
+from minireft.hf import distributed
 from minireft.hf.data import IGNORE_INDEX, collate, encode_examples, pad_id
 from minireft.hf.prompt_format import prompt_format_of
 from minireft.hf.recipe import FEW_STEPS, LOG_FILE, PLOT_FILE, TRAIN, schedule
@@ -151,15 +154,70 @@ def _device(model) -> torch.device:
 def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(Σ_i −log softmax(logits[b, t−1])[labels[b, t]], N) over the N targets labels[b, t] != -100.
 
-    logits: (B, T, V); labels: (B, T). Position t−1 predicts token t (the shift); the
-    cross-entropy is taken in at least float32 (bf16/fp16 logits are upcast).
+    labels: (B, T); logits: (B, T, V), or (B, T − 1, V) without the last position (it predicts
+    nothing). Position t−1 predicts token t (the shift); only the N supervised rows of logits
+    are gathered, and the cross-entropy is taken in at least float32 (bf16/fp16 upcast).
+    labels may stay on the CPU when logits are on a device: N and the supervised positions
+    are then read on the host, with no device sync.
     """
+    B, T = labels.shape
+    if logits.dim() != 3 or logits.shape[0] != B or logits.shape[1] not in (T, T - 1):
+        raise ValueError(f"logits must be (B, T, V) or (B, T − 1, V) for labels (B, T) = {(B, T)}, "
+                         f"got {tuple(logits.shape)}")
     targets = labels[:, 1:]  # (B, T−1)
-    mask = targets != IGNORE_INDEX  # (B, T−1)
-    picked = logits[:, :-1][mask]  # (N, V): only supervised positions, to save memory
+    rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)  # (N,) each
+    device = logits.device
+    picked = logits[_on(rows, device), _on(cols, device)]  # (N, V): the supervised rows only
     picked = picked.to(torch.promote_types(picked.dtype, torch.float32))  # bf16/fp16 → float32
-    loss = F.cross_entropy(picked, targets[mask], reduction="sum")
-    return loss, int(mask.sum())
+    loss = F.cross_entropy(picked, _on(targets[rows, cols], device), reduction="sum")
+    return loss, len(rows)
+
+
+def _on(t: torch.Tensor, device) -> torch.Tensor:
+    """t on `device`; from the CPU to CUDA through pinned memory, asynchronously (no sync)."""
+    if t.device == device:
+        return t
+    if t.device.type == "cpu" and device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _targets_of(example: dict, task: str) -> int:
+    """Supervised targets of one encoded example: its completion tokens, or 1 (classification).
+    A prompt is never empty, so the first label is never a target, whatever the padding."""
+    if task == "lm":
+        return sum(1 for y in example["labels"] if y != IGNORE_INDEX)
+    return 1
+
+
+def _logit_columns(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(columns (K,), kept labels (B, K + 1)) from CPU labels (B, T): the K positions t − 1
+    whose next token t is a target in some row, and [-100, labels[:, columns + 1]], so that
+    lm_loss_sum(logits at the columns (B, K, V), kept labels) is the loss of the full logits."""
+    columns = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # (K,)
+    ignore = torch.full((labels.shape[0], 1), IGNORE_INDEX, dtype=labels.dtype)
+    return columns, torch.cat([ignore, labels[:, columns + 1]], dim=1)
+
+
+@contextlib.contextmanager
+def _logits_at(model, columns: torch.Tensor):
+    """Keyword arguments for the top-level model call that make it return logits at `columns`
+    (K,) only: the base model's `logits_to_keep` when its forward takes one (softcapping and
+    the like still apply), else a pre-hook on its output embeddings that keeps those hidden
+    states. Yields {} (full logits) for a model with neither."""
+    base = _base_model(model)
+    if "logits_to_keep" in inspect.signature(base.forward).parameters:
+        yield {"logits_to_keep": columns}
+        return
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if head is None:
+        yield {}
+        return
+    handle = head.register_forward_pre_hook(lambda module, args: (args[0][:, columns], *args[1:]))
+    try:
+        yield {}
+    finally:
+        handle.remove()
 
 
 def _count_targets(batch: dict, task: str) -> int:
@@ -169,21 +227,23 @@ def _count_targets(batch: dict, task: str) -> int:
 
 
 def _loss_sum(model, batch: dict, task: str) -> tuple[torch.Tensor, dict]:
-    """(summed loss over the batch's targets, {"correct": …} for classification)."""
+    """(summed loss over the batch's targets, {"correct": …} for classification).
+
+    batch: collated on the CPU; it moves to the model's device here. For "lm" the logits are
+    built only at positions whose next token is a target (see _logit_columns)."""
+    device = _device(model)
+    inputs = {k: _on(batch[k], device) for k in ("input_ids", "attention_mask", "prompt_lengths")}
     if task == "lm":
+        columns, kept = _logit_columns(batch["labels"])
         # With left padding, ReftModel.forward gives decoders position ids counting real tokens.
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    prompt_lengths=batch["prompt_lengths"], use_cache=False)
-        loss, _ = lm_loss_sum(out.logits, batch["labels"])
+        with _logits_at(model, _on(columns, device)) as kwargs:
+            logits = model(**inputs, use_cache=False, **kwargs).logits
+        loss, _ = lm_loss_sum(logits, kept if logits.shape[1] == len(columns) else batch["labels"])
         return loss, {}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   prompt_lengths=batch["prompt_lengths"])  # (B, C)
-    loss = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
-    return loss, {"correct": int((logits.argmax(-1) == batch["labels"]).sum())}
-
-
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
+    logits = model(**inputs)  # (B, C)
+    labels = _on(batch["labels"], device)
+    loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+    return loss, {"correct": (logits.argmax(-1) == labels).sum()}
 
 
 # ---------------------------------------------------------------------------- batching
@@ -204,16 +264,30 @@ def step_groups(n: int, batch_size: int, grad_accum: int, generator: torch.Gener
 # ---------------------------------------------------------------------------- modes
 
 
-def _enter_train_mode(model) -> dict:
+def _enter_train_mode(model, gradient_checkpointing: bool = False) -> dict:
     """Interventions (and head) in train mode, the base model in eval mode (its dropout off).
-    Returns every submodule's previous mode, for `_restore_modes`."""
+    With gradient_checkpointing, ReftModel.gradient_checkpointing_enable(). Returns what
+    `_restore_modes` needs to put every submodule's mode (and checkpointing) back."""
     before = {m: m.training for m in model.modules()}
     model.train()
     _base_model(model).eval()
+    reft_model = getattr(model, "reft_model", model)
+    if gradient_checkpointing:
+        reft_model.gradient_checkpointing_enable()
+        for module in _base_model(model).modules():  # HF checkpoints a block in training mode only:
+            if getattr(module, "gradient_checkpointing", False) is True:  # the block's own flag,
+                module.training = True  # not its submodules' (their dropout stays off)
+        return {**before, _CHECKPOINTING: reft_model}
     return before
 
 
+_CHECKPOINTING = "gradient_checkpointing"  # the _enter_train_mode record key of its ReftModel
+
+
 def _restore_modes(before: dict) -> None:
+    reft_model = before.pop(_CHECKPOINTING, None)
+    if reft_model is not None:
+        reft_model.gradient_checkpointing_disable()
     for module, training in before.items():
         module.training = training
 
@@ -237,12 +311,11 @@ def evaluate(model, tokenizer=None, examples=None, *, encoded=None, task: str | 
     total, count, correct = 0.0, 0, 0
     try:
         for start in range(0, len(encoded), batch_size):
-            batch = _to(collate(encoded[start:start + batch_size], pad, padding_side=padding_side),
-                        _device(model))
+            batch = collate(encoded[start:start + batch_size], pad, padding_side=padding_side)
             loss, extra = _loss_sum(model, batch, task)
             total += float(loss.detach())
             count += _count_targets(batch, task)
-            correct += extra.get("correct", 0)
+            correct += int(extra.get("correct", 0))
     finally:
         _restore_modes(before)
     result = {"loss": total / max(1, count), "targets": count}
@@ -254,30 +327,21 @@ def evaluate(model, tokenizer=None, examples=None, *, encoded=None, task: str | 
 # ---------------------------------------------------------------------------- training
 
 
-def _safe_step(optimizer, params) -> None:
-    """optimizer.step(), undone if interrupted midway (it updates parameters one by one),
-    so the model always holds the parameters of its last completed step."""
-    snapshot = [p.detach().clone() for p in params]
-    try:
-        optimizer.step()
-    except BaseException:
-        with torch.no_grad():
-            for p, saved in zip(params, snapshot):
-                p.copy_(saved)
-        raise
-
-
-def _train_step(model, encoded, groups, task, pad, device, padding_side) -> tuple[float, int]:
-    """Accumulate the gradient of one optimizer step over its micro-batches; return
-    (mean loss over the step's targets, number of targets)."""
-    batches = [collate([encoded[i] for i in idx], pad, padding_side=padding_side) for idx in groups]
-    n_targets = sum(_count_targets(b, task) for b in batches)
-    total = 0.0
-    for batch in batches:
-        loss, _ = _loss_sum(model, _to(batch, device), task)
+def _train_step(model, encoded, groups, task, pad, device, padding_side) -> tuple[torch.Tensor, int]:
+    """Accumulate the gradient of one optimizer step over its micro-batches (this rank's shard
+    of each, see minireft.hf.distributed); return (this rank's summed loss, a 0-d tensor on
+    `device`, and N, the targets of the whole step on every rank, counted on the host)."""
+    rank, world = distributed.rank_and_world()
+    n_targets = sum(_targets_of(encoded[i], task) for idx in groups for i in idx)
+    total = None
+    for idx in groups:
+        mine = distributed.shard(idx, rank, world)
+        if not mine:  # a short last micro-batch: this rank has no row of it
+            continue
+        loss, _ = _loss_sum(model, collate([encoded[i] for i in mine], pad, padding_side=padding_side), task)
         (loss / max(1, n_targets)).backward()
-        total += float(loss.detach())
-    return total / max(1, n_targets), n_targets
+        total = loss.detach() if total is None else total + loss.detach()
+    return (torch.zeros((), device=device) if total is None else total), n_targets
 
 
 def _run_eval(model, tokenizer, eval_encoded, eval_fn, task, batch_size, step, epoch) -> dict:
@@ -297,8 +361,8 @@ def train(model, tokenizer, train_examples, *, eval_examples=None, task: str | N
           seed: int = TRAIN.seed, chat_template: bool = False, max_length: int = TRAIN.max_length,
           max_steps: int | None = None, padding_side: str = "right", progress: bool = True,
           log_every: int | None = None, eval_fn=None, eval_every: int | None = None, output_dir=None,
-          overwrite: bool = False, save_every: int | None = None, log_info: dict | None = None
-          ) -> TrainResult:
+          overwrite: bool = False, save_every: int | None = None, log_info: dict | None = None,
+          gradient_checkpointing: bool = False) -> TrainResult:
     """Train `model`'s interventions (a ReftModel; a ReftClassifier for classification) in place.
 
     train_examples: [{"prompt", "completion"}] ("lm") or [{"text" | "prompt", "label"}]
@@ -319,24 +383,53 @@ def train(model, tokenizer, train_examples, *, eval_examples=None, task: str | N
     folder <output_dir>.partial-<UTC time>, and re-raises with a note that names it.
     log_info: extra JSON fields for train_log.json (the CLI records its arguments).
 
+    gradient_checkpointing: recompute each block's activations in backward instead of keeping
+    them (ReftModel.gradient_checkpointing_enable; the same gradients, less memory).
+
+    Host-device syncs: one per step (the non-finite check reads the step's loss before its
+    optimizer step), plus ReftModel's check of each micro-batch's attention mask (EditPlan);
+    the losses stay on the device and are read every `log_every` steps (or every
+    REFRESH_STEPS for the progress bar), before an evaluation or a save, and at the end.
+
+    Inside an initialised torch.distributed process group (e.g. under torchrun) every rank
+    runs a disjoint shard of each micro-batch, the gradients are all-reduced, and only rank 0
+    writes output_dir, logs and shows the bar; batch_size is the global micro-batch and must
+    be divisible by the number of processes (minireft.hf.distributed). The run is the same
+    as one process's with the same seed and batch_size (intervention dropout aside: its
+    random draws depend on the shard).
+
     The model keeps its last completed step however training ends (a non-finite loss stops
     before its step). progress=False prints nothing unless log_every is set. Same seed, data
     and device → the same parameters, bit for bit on CPU.
     """
-    task = _infer_task(model, task)
-    for name, value in (("batch_size", batch_size), ("grad_accum", grad_accum), ("min_steps", min_steps)):
-        _check_count(name, value)
-    for name, value in (("epochs", epochs), ("max_steps", max_steps)):
-        if value is not None:
-            _check_count(name, value, "None or ")
-    out = _Output(output_dir, overwrite) if output_dir is not None else None  # refuse before any work
-    _check_frozen(model)
+    rank, world = distributed.rank_and_world()
+    settings = {"examples": len(train_examples), "epochs": epochs, "min_steps": min_steps,
+                "max_steps": max_steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr,
+                "weight_decay": weight_decay, "warmup_ratio": warmup_ratio, "seed": seed,
+                "chat_template": chat_template, "max_length": max_length, "padding_side": padding_side}
+    error, out, encoded = None, None, None
+    try:  # every check before any work; under torch.distributed every rank learns of any failure
+        task = _infer_task(model, task)
+        for name, value in (("batch_size", batch_size), ("grad_accum", grad_accum), ("min_steps", min_steps)):
+            _check_count(name, value)
+        for name, value in (("epochs", epochs), ("max_steps", max_steps)):
+            if value is not None:
+                _check_count(name, value, "None or ")
+        distributed.check_batch(batch_size, world)
+        if output_dir is not None and rank == 0:  # refuse before any work; only rank 0 writes
+            out = _Output(output_dir, overwrite)
+        _check_frozen(model)
+        encoded, eval_encoded = _encode_all(model, tokenizer, train_examples, eval_examples, task,
+                                            chat_template, max_length)
+    except (ValueError, TypeError, RuntimeError, OSError) as exc:
+        error = exc
+    distributed.agree({} if world == 1 else _run_identity(model, settings, error, gradient_checkpointing,
+                                                          encoded), error)
     generator = seed_everything(seed)
-    encoded, eval_encoded = _encode_all(model, tokenizer, train_examples, eval_examples, task,
-                                        chat_template, max_length)
+    settings = {"task": task, **settings, "examples": len(encoded)}
     epochs, _, total_steps = schedule(len(encoded), batch_size=batch_size, grad_accum=grad_accum,
                                       epochs=epochs, min_steps=min_steps, max_steps=max_steps)
-    if total_steps < FEW_STEPS:
+    if total_steps < FEW_STEPS and rank == 0:
         warnings.warn(f"this run takes {total_steps} optimizer step(s), fewer than {FEW_STEPS}: it may "
                       f"learn little; leave epochs unset (at least {min_steps} steps) or raise "
                       f"epochs / max_steps", UserWarning, stacklevel=2)
@@ -344,25 +437,33 @@ def train(model, tokenizer, train_examples, *, eval_examples=None, task: str | N
     optimizer, scheduler = make_optimizer(model, lr=lr, weight_decay=weight_decay,
                                           warmup_ratio=warmup_ratio, total_steps=total_steps)
     params = [p for _, p in model.named_trainable_parameters()]
+    distributed.broadcast_parameters(params)
     result = TrainResult(total_steps=total_steps, epochs=epochs)
     pad, device = pad_id(tokenizer), _device(model)
-    log = _Log(progress, log_every, total_steps)
-    settings = {"task": task, "examples": len(encoded), "epochs": epochs, "min_steps": min_steps,
-                "max_steps": max_steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr,
-                "weight_decay": weight_decay, "warmup_ratio": warmup_ratio, "seed": seed,
-                "chat_template": chat_template, "max_length": max_length, "padding_side": padding_side}
+    log = _Log(progress and rank == 0, log_every if rank == 0 else None, total_steps)
+    pending: list[torch.Tensor] = []  # losses of finished steps not yet read from the device
+
+    def read_losses() -> None:
+        """The pending losses into result.losses (one device read), logged."""
+        if pending:
+            first = len(result.losses) + 1
+            result.losses.extend(torch.stack(pending).tolist())
+            pending.clear()
+            log.losses(first, result.losses[first - 1:], result.lrs[first - 1:])
 
     def evaluate_now(epoch):
+        read_losses()
         result.evals.append(_evaluate_in_training(model, tokenizer, eval_encoded, eval_fn, task,
                                                   batch_size, result.steps, epoch))
         log.eval(result.evals[-1])
 
     def train_log(stopped=None) -> dict:
+        read_losses()
         result.seconds = time.perf_counter() - start
         return {"settings": settings, **(log_info or {}), **result.to_dict(), "stopped": stopped}
 
     wants_eval = eval_encoded is not None or eval_fn is not None
-    before = _enter_train_mode(model)
+    before = _enter_train_mode(model, gradient_checkpointing)
     start = time.perf_counter()
     try:
         if out is not None:
@@ -372,18 +473,21 @@ def train(model, tokenizer, train_examples, *, eval_examples=None, task: str | N
                 if result.steps >= total_steps:
                     break
                 optimizer.zero_grad(set_to_none=True)
-                loss, n_targets = _train_step(model, encoded, groups, task, pad, device, padding_side)
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"the loss of step {result.steps + 1} is {loss}; the model "
-                                             f"keeps step {result.steps}'s parameters (lower lr?)")
+                loss_sum, n_targets = _train_step(model, encoded, groups, task, pad, device, padding_side)
+                loss = distributed.all_reduce_step(params, loss_sum) / max(1, n_targets)
+                if not bool(torch.isfinite(loss)):  # the step's one host read: a check on data
+                    raise FloatingPointError(f"the loss of step {result.steps + 1} is {float(loss)}; the "
+                                             f"model keeps step {result.steps}'s parameters (lower lr?)")
                 lr_now = optimizer.param_groups[0]["lr"]
-                _safe_step(optimizer, params)
+                optimizer.step()  # all or nothing: an interrupt leaves the last step's values
                 result.steps += 1  # first: the model now holds this step's parameters
                 scheduler.step()
                 result.lrs.append(lr_now)
-                result.losses.append(loss)
+                pending.append(loss.detach())
                 result.targets += n_targets
-                log.step(result.steps, loss, lr_now)
+                log.step()
+                if result.steps % (log_every or REFRESH_STEPS) == 0:
+                    read_losses()
                 if wants_eval and eval_every and result.steps % eval_every == 0:
                     evaluate_now(epoch)
                 if out is not None and save_every and result.steps % save_every == 0:
@@ -392,7 +496,10 @@ def train(model, tokenizer, train_examples, *, eval_examples=None, task: str | N
                 evaluate_now(epoch)
             if result.steps >= total_steps:
                 break
+        read_losses()  # before the bar closes: it shows the last loss
     except BaseException as exc:
+        with contextlib.suppress(Exception):  # a failed device cannot be read: keep the error
+            read_losses()
         if out is not None:
             log.close()
             out.stop(model, result, exc, train_log)
@@ -402,9 +509,26 @@ def train(model, tokenizer, train_examples, *, eval_examples=None, task: str | N
         optimizer.zero_grad(set_to_none=True)
         _restore_modes(before)
         result.seconds = time.perf_counter() - start
+    read_losses()
     if out is not None:
         out.finish(model, result, train_log())
     return result
+
+
+# Without log_every, the bar's loss is read from the device every this many steps.
+REFRESH_STEPS = 16
+
+
+def _run_identity(model, settings: dict, error, gradient_checkpointing: bool, encoded) -> dict:
+    """What every rank must agree on: the settings, the adapter, the data (hashed). After a
+    failed check (error) only the settings: the rank's error is what gets reported."""
+    identity = {**settings, "gradient_checkpointing": gradient_checkpointing}
+    if error is not None:
+        return identity
+    config = getattr(getattr(model, "reft_model", model), "config", None)
+    shapes = {n: list(p.shape) for n, p in model.named_trainable_parameters()}
+    return {**identity, "config": getattr(config, "__dict__", repr(config)),
+            "parameters": distributed.fingerprint(shapes), "data": distributed.fingerprint(encoded)}
 
 
 def _check_count(name: str, value, allowed: str = "") -> None:
@@ -448,11 +572,15 @@ class _Log:
         self.bar = tqdm(total=total_steps, desc="train", unit="step", disable=not progress,
                         dynamic_ncols=True, file=sys.stderr)
 
-    def step(self, step: int, loss: float, lr: float) -> None:
+    def step(self) -> None:
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-        if self.log_every and step % self.log_every == 0:
-            self.write(f"step {step}/{self.total} loss {loss:.4f} lr {lr:.3e}")
+
+    def losses(self, first: int, losses: list[float], lrs: list[float]) -> None:
+        """Steps first, first + 1, … have just been read: the bar's postfix, the log lines."""
+        self.bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lrs[-1]:.2e}", refresh=True)
+        for step, (loss, lr) in enumerate(zip(losses, lrs), start=first):
+            if self.log_every and step % self.log_every == 0:
+                self.write(f"step {step}/{self.total} loss {loss:.4f} lr {lr:.3e}")
 
     def eval(self, record: dict) -> None:
         self.write("eval " + " ".join(

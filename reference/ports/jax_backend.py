@@ -139,13 +139,13 @@ def _orthonormality_error(R):
 stiefel = types.SimpleNamespace(
     project_tangent=jax.jit(_project_tangent), retract_polar=jax.jit(_retract_polar),
     retract_qr=jax.jit(_retract_qr), orthonormality_error=jax.jit(_orthonormality_error))
-RETRACTIONS = {"polar": _retract_polar, "qr": _retract_qr}
+RETRACTIONS = {"polar": stiefel.retract_polar, "qr": stiefel.retract_qr}
 
 # ------------------------------------------------------------------------ optimizer (§5)
 
 
 def _moments(grad, state, betas):
-    """(t, m, v, Adam's direction m̂ / (sqrt(v̂) + ε) without ε) after one more step."""
+    """(t, m, v) after one more step from `state` (None: t = 0, m = v = 0)."""
     beta1, beta2 = betas
     if state is None:  # the zero state: t = 0, m = v = 0
         state = {"step": 0, "exp_avg": jnp.zeros_like(grad), "exp_avg_sq": jnp.zeros_like(grad)}
@@ -176,10 +176,11 @@ def _riemannian_adam_step(R, grad, state, *, lr, betas=(0.9, 0.999), eps=1e-8,
     ξ = −lr·P_R(direction); R' = retract(R, ξ); m ← P_R'(m), v not transported."""
     if retraction not in RETRACTIONS:
         raise ValueError(f"retraction must be one of {sorted(RETRACTIONS)}, got {retraction!r}")
-    t, m, v = _moments(_project_tangent(R, grad), state, betas)
-    xi = -lr * _project_tangent(R, _adam_direction(m, v, t, betas, eps))
+    project = stiefel.project_tangent
+    t, m, v = _moments(project(R, grad), state, betas)
+    xi = -lr * project(R, _adam_direction(m, v, t, betas, eps))
     R_new = RETRACTIONS[retraction](R, xi)
-    return R_new, {"step": t, "exp_avg": _project_tangent(R_new, m), "exp_avg_sq": v}
+    return R_new, {"step": t, "exp_avg": project(R_new, m), "exp_avg_sq": v}
 
 
 optim = types.SimpleNamespace(adamw_step=_adamw_step, riemannian_adam_step=_riemannian_adam_step)

@@ -13,7 +13,7 @@ PyTorch mirror lives in `minireft.torch`.
 """
 
 __version__ = "0.1.0"
-SPEC_VERSION = "1.0"
+SPEC_VERSION = "1.1"
 
 from minireft import (
     consreft,

@@ -12,7 +12,7 @@ CHECK = """
 import sys
 import minireft
 from minireft import ReftConfig, direft, io, loreft, optim, positions, stiefel
-assert minireft.SPEC_VERSION == "1.0", minireft.SPEC_VERSION
+assert minireft.SPEC_VERSION == "1.1", minireft.SPEC_VERSION
 heavy = sorted(m for m in ("torch", "transformers", "jax", "tensorflow") if m in sys.modules)
 print("heavy:", heavy)
 assert not heavy, f"import minireft pulled in {heavy}"
@@ -30,7 +30,7 @@ def test_import_minireft_does_not_import_torch():
 def test_public_names():
     import minireft
 
-    assert minireft.SPEC_VERSION == "1.0"
+    assert minireft.SPEC_VERSION == "1.1"
     for module, names in {
         "loreft": ("forward", "vjp", "init"),
         "direft": ("forward", "vjp", "init"),

@@ -117,12 +117,23 @@ def test_missing_weights_file(saved):
         load_adapter(saved)
 
 
-@pytest.mark.parametrize("version", ["2.0", "1.1", "1.0.1", "0.9", "one", None, 1.0])
+@pytest.mark.parametrize("version", ["2.0", "1.2", "1.1.1", "0.9", "one", None, 1.1])
 def test_wrong_spec_version(saved, version):
     """A different major version, or a newer one (minor or patch), is refused; so is a malformed one."""
     rewrite_config(saved, spec_version=version)
-    with pytest.raises(AdapterError, match=r"has spec_version .*; this minireft reads spec 1.0 \(same major version, not newer\)"):
+    with pytest.raises(AdapterError, match=r"has spec_version .*; this minireft reads spec 1.1 \(same major version, not newer\)"):
         load_adapter(saved)
+
+
+def test_an_adapter_of_an_older_minor_version_loads(saved):
+    """Spec 1.1 only adds to 1.0: an adapter written under 1.0 (before the family, the edit
+    function and prompt_format existed) loads with the same config and tensors."""
+    config, params = load_adapter(saved)
+    rewrite_config(saved, spec_version="1.0")
+    old_config, old_params = load_adapter(saved)
+    assert old_config == config and params.keys() == old_params.keys()
+    for name, value in params.items():
+        np.testing.assert_array_equal(old_params[name], value)
 
 
 def test_missing_spec_version(saved):

@@ -1,0 +1,119 @@
+"""train() inside a torch.distributed process group: 2 CPU processes (gloo) on a tiny Llama
+train the same adapter as one process with the same global batch; bad input stops every
+rank before anything is written.
+
+Each case spawns 2 processes (torch.multiprocessing, gloo on localhost); each takes ~10 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import traceback
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+dist = pytest.importorskip("torch.distributed")
+if not dist.is_available():
+    pytest.skip("torch.distributed is not available in this torch build", allow_module_level=True)
+
+from test_train import reft, tiny_llama, tiny_tokenizer
+
+from minireft.hf.distributed import shard
+from minireft.hf.training import train
+from minireft.io import load_adapter
+
+pytestmark = pytest.mark.filterwarnings("ignore:this run takes:UserWarning")
+
+# 11 examples, completions of different lengths: with batch_size 4 and grad_accum 2 an epoch
+# is a step of 2 micro-batches of 4 and a short step of one micro-batch of 3 (shards 2 + 1).
+EXAMPLES = [{"prompt": f"word {i}:", "completion": "xyz"[: 1 + i % 3] * (1 + i % 2)} for i in range(11)]
+RUN = {"batch_size": 4, "grad_accum": 2, "epochs": 3, "lr": 2e-2, "warmup_ratio": 0.0, "seed": 3,
+       "progress": False}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, folder: str, overrides: dict) -> None:
+    """One rank: join the gloo group, train, save its parameters (or its error) in `folder`."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", "this run takes")
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        run = {**RUN, **overrides.get("all", {}), **overrides.get(str(rank), {})}
+        model = reft(tiny_llama(), layers=(0, 1), positions="f1+l2", seed=rank)  # rank 0's init wins
+        result = train(model, tiny_tokenizer(), EXAMPLES, output_dir=os.path.join(folder, "adapter"), **run)
+        torch.save({n: p.detach().clone() for n, p in model.named_trainable_parameters()},
+                   os.path.join(folder, f"rank{rank}.pt"))
+        with open(os.path.join(folder, f"rank{rank}.json"), "w") as f:
+            json.dump(result.losses, f)
+    except Exception as exc:  # noqa: BLE001 - the parent reads it
+        with open(os.path.join(folder, f"rank{rank}.err"), "w") as f:
+            f.write(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(tmp_path, overrides=None, world: int = 2):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path), overrides or {}), nprocs=world, join=True)
+
+
+def _single(tmp_path):
+    torch.set_num_threads(1)
+    model = reft(tiny_llama(), layers=(0, 1), positions="f1+l2", seed=0)
+    result = train(model, tiny_tokenizer(), EXAMPLES, output_dir=tmp_path / "single", **RUN)
+    return {n: p.detach().clone() for n, p in model.named_trainable_parameters()}, result.losses
+
+
+def test_two_processes_train_the_single_process_adapter(tmp_path):
+    _spawn(tmp_path)
+    errors = sorted(tmp_path.glob("*.err"))
+    assert not errors, errors[0].read_text()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    want, want_losses = _single(tmp_path)
+    for name in want:
+        assert torch.equal(ranks[0][name], ranks[1][name]), f"{name} differs between the ranks"
+    err = max((ranks[0][n] - want[n]).abs().max().item() for n in want)
+    assert err <= 1e-6, f"2 processes vs 1: max |Δ| = {err:.2e}"
+    assert any(not torch.equal(ranks[0][n], reft(tiny_llama(), layers=(0, 1), positions="f1+l2").interventions
+                               .get_parameter(n)) for n in want), "nothing trained"
+    losses = json.loads((tmp_path / "rank0.json").read_text())
+    assert len(losses) == len(want_losses) == RUN["epochs"] * -(-len(EXAMPLES) // 8)
+    assert max(abs(a - b) for a, b in zip(losses, want_losses)) <= 1e-6
+    _, saved = load_adapter(tmp_path / "adapter")  # written by rank 0
+    for name, p in ranks[0].items():
+        assert torch.equal(torch.from_numpy(saved[name]), p), name
+    print(f"\n2 gloo processes vs 1 process: max |Δ parameter| = {err:.3e}")
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"all": {"batch_size": 3}}, "batch_size=3 (the global micro-batch) is not divisible by the 2"),
+    ({"1": {"lr": 1e-2}}, "ranks disagree on the run (lr: rank 0 0.02, rank 1 0.01)"),
+    ({"1": {"batch_size": -1}}, "rank 1 of 2 stopped before training (ValueError: batch_size must be"),
+])
+def test_bad_input_stops_every_rank_and_writes_nothing(tmp_path, overrides, words):
+    _spawn(tmp_path, overrides)
+    for rank in range(2):
+        assert (tmp_path / f"rank{rank}.err").exists(), f"rank {rank} went on training"
+    messages = [(tmp_path / f"rank{r}.err").read_text().splitlines()[0] for r in range(2)]
+    assert any(words in m for m in messages), messages
+    assert not (tmp_path / "adapter").exists() and not list(tmp_path.glob("adapter*"))
+
+
+def test_shards_are_disjoint_and_cover_the_batch():
+    for n in range(9):
+        for world in (1, 2, 3, 4):
+            parts = [shard(list(range(n)), r, world) for r in range(world)]
+            assert [i for part in parts for i in part] == list(range(n))
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1

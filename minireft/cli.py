@@ -179,6 +179,9 @@ def _add_train(sub) -> argparse.ArgumentParser:
     g.add_argument("--chat-template", action="store_true",
                    help="wrap each prompt in the tokenizer's chat template (one user turn); the adapter "
                         "records it, so generate applies it too")
+    g.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute the base model's block activations in backward instead of keeping "
+                        "them: the same gradients, less memory, a slower step")
     g = p.add_argument_group("classification")
     g.add_argument("--num-labels", type=int, help="classes (default: the largest label + 1)")
     g.add_argument("--pooling", choices=("first", "mean"), default="first",
@@ -270,16 +273,21 @@ def _build_model(args, config, model, train_examples):
 
 
 def _run_train(args) -> int:
+    """Under torchrun (WORLD_SIZE > 1) every process runs this; the process group starts here
+    (minireft.hf.distributed.init_from_env) and only rank 0 writes and prints."""
     from minireft import io
 
+    started, rank = False, 0
     with _warnings_as_lines("train"):
         try:
             # everything that can be checked without the weights, before they load
             io.check_output(args.output, overwrite=args.overwrite)
             train_examples = _read_examples(args.data, args.task)
             eval_examples = _read_examples(args.eval, args.task) if args.eval else None
-            from minireft.hf import preflight, training
+            from minireft.hf import distributed, preflight, training
 
+            started = distributed.init_from_env()
+            rank = distributed.rank_and_world()[0]
             dims = preflight.model_dims(args.model)
             config = _reft_config(args, dims[0] if dims else None)
             if config is not None:
@@ -295,6 +303,7 @@ def _run_train(args) -> int:
                 max_length=min(args.max_length, tokenizer.model_max_length), max_steps=args.max_steps,
                 progress=not args.quiet, log_every=args.log_every, output_dir=args.output,
                 overwrite=args.overwrite, save_every=args.save_every,
+                gradient_checkpointing=args.gradient_checkpointing,
                 log_info={"args": {k: v for k, v in vars(args).items() if k != "func"}})
         except KeyboardInterrupt as exc:
             exc.args = exc.args or ("interrupted",)
@@ -303,7 +312,11 @@ def _run_train(args) -> int:
         except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError, FloatingPointError) as exc:
             print(_one_line("train", exc), file=sys.stderr)
             return 1 if _run_stopped(exc) else 2
-    print(_train_summary(reft_model, result, args.output))
+        finally:
+            if started:
+                distributed.destroy()
+    if rank == 0:
+        print(_train_summary(reft_model, result, args.output))
     return 0
 
 

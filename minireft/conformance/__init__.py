@@ -13,6 +13,8 @@ A backend is a module, or any object, exposing the contract's functional names:
     optim.adamw_step(param, grad, state, *, lr, betas, eps, weight_decay) -> (param, state)
     optim.riemannian_adam_step(R, grad, state, *, lr, betas, eps, retraction) -> (R, state)
     positions.intervention_positions(n, prefix, suffix) -> (list, list)
+    edit(h, attention_mask, prompt_lengths, config, params) -> h'          (B, L, d), the in-model edit
+    edit_vjp(h, attention_mask, prompt_lengths, config, params, dout) -> (dh, {group: {param: grad}})
 
 `minireft` (the NumPy spec) is one; `minireft.torch` is another. Arrays cross the
 boundary through an adapter (see `resolve_adapter`): `to_backend(np_array)` makes

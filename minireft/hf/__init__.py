@@ -4,10 +4,15 @@
     model       attach(model, config) -> ReftModel: hooks (minireft.torch.edit), forward,
                 generate, save, load
     data        examples -> token ids and labels; batches
-    training    train(), evaluate()
+    recipe      train()'s defaults, in one place the CLI reads without torch
+    training    train(), evaluate(): staged saving, nothing lost on failure
+    distributed all-reduce of the adapter's gradients across torch.distributed ranks
+    evaluation  held-out loss, exact match of greedy generations, choice accuracy
     generation  generate_text()
     classify    ReftClassifier: an encoder ReftModel plus a linear head
-    loading     load_model(): a local folder, a cached hub name or the packaged SmolLM2
+    loading     load_model(): a local folder, a GGUF file, a cached hub name, or 'smollm2'
+    preflight   checks of rank, layers and adapters against a model's config, before loading
+    prompt_format  whether prompts were chat-templated, saved with the adapter (no torch)
     jsonl       read_jsonl / write_jsonl (no torch)
 
 Names are imported lazily, so `minireft.hf.jsonl` works without torch.
@@ -34,4 +39,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'minireft.hf' has no attribute {name!r}")
 
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "ReftClassifier", "ReftModel", "attach", "evaluate", "generate_text", "load_model", "train",
+]

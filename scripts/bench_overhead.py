@@ -1,44 +1,57 @@
-"""What LoReFT costs on SmolLM2-135M, side by side in one process, on a CPU.
+"""What LoReFT costs on SmolLM2-135M, side by side in one process: the training step against
+the floor and the bare model, peak step memory, decode speed, gradient checkpointing.
 
-1. Training step (forward, loss on the completion, backward, optimizer step) with LoReFT,
-   against the floor: the same ReftModel, batch, layers and positions, with every
-   Intervention swapped for `BiasOnly`, Φ(h) = h + b with b ∈ ℝ^d, through the same hooks,
-   gather/where, dtype casts, loss and optimizer (AdamW on b). The floor is the cheapest
-   trainable edit at those positions, so the ratio isolates the LoReFT math (and its
-   Riemannian Adam step on R) from the machinery every ReFT method needs.
-2. Memory of a training step, LoReFT and floor, two measures:
-   - peak: the peak of torch's CPU allocations during one step, above what was allocated
-     before it (torch.profiler's memory timeline: tensor CREATE/DESTROY events with their
-     sizes; the frozen weights, allocated before, are not counted);
-   - saved: the bytes of the distinct tensor storages autograd saves for backward during
-     the forward (torch.autograd.graph.saved_tensors_hooks), the base model's weights
-     excluded: the activation memory a step must hold.
-   (tracemalloc cannot see torch's allocations, and ru_maxrss is a lifetime peak that a
-   second measurement in the same process cannot see below.)
-3. Decode: greedy generate() tokens/s with the adapter (edit at prefill only) against the
-   base model with the adapter detached (no hooks at all), same prompt, same number of new
-   tokens (min_new_tokens = max_new_tokens, so no early stop).
+Configurations (batch B x T tokens, synthetic: a T − T/4-token prompt, a T/4-token completion):
 
-Measurements alternate A B A B ... and the ratios use medians, so slow drifts and other
-processes on the machine hit both sides alike. Targets: step <= 1.10x the floor, decode
->= 0.97x the base.
+    paper    all 30 blocks, rank 8, f7+l7 tied        B x T = 8 x 64
+    3-block  blocks 4, 12, 20, rank 4, f1+l1 tied     8 x 64
+    long     the paper's adapter                      8 x 512
 
-    python scripts/bench_overhead.py                    # the demo's adapter config
-    python scripts/bench_overhead.py --layers 4,8,12,16,20,24 --positions f7+l7 --rank 8
+For each, interleaved in rounds (the order rotates every round, ratios use medians, so drifts
+and other processes hit every variant alike):
+
+- step:  one training step (forward, loss, backward, optimizer step) exactly as
+  minireft.hf.training runs it (its _loss_sum: logits only where labels are), for
+  LoReFT; for the floor, the same ReftModel, batch, blocks, positions, loss path and
+  optimizer with every Intervention swapped for BiasOnly (Φ(h) = h + b, b ∈ ℝ^d), the
+  cheapest trainable edit there; and for the bare model: forward + backward of the frozen
+  model alone on the same batch and loss, with requires_grad on the input embeddings so that
+  backward runs through every block (the limit no edit can beat).
+- peak step memory (LoReFT / floor): torch's allocations during one step above the level
+  before it (CPU: the profiler's memory timeline; CUDA: max_memory_allocated).
+- decode: greedy generate() tokens/s with the adapter against the base model (detached).
+- the long configuration also: peak step memory with and without gradient checkpointing.
+
+Targets (issue 8): paper <= 1.03x the floor, 3-block <= 1.01x, peak memory <= 1.02x.
+
+    python scripts/bench_overhead.py                     # all three, CPU, float32 (~15 min)
+    python scripts/bench_overhead.py --quick             # a tiny random model, seconds
+    python scripts/bench_overhead.py --device cuda --dtype bfloat16 --sync-steps 8
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
+import warnings
+from collections import Counter
 
 import torch
 from torch import nn
 
 from minireft import ReftConfig
 
-TARGET_STEP, TARGET_DECODE = 1.10, 0.97
+TARGETS = {"paper": 1.03, "3-block": 1.01}
+TARGET_MEMORY = 1.02
+ALL_BLOCKS = None  # layers=ALL_BLOCKS: every block of the model
+
+CONFIGS = {
+    "paper": {"layers": ALL_BLOCKS, "rank": 8, "positions": "f7+l7", "length": 64},
+    "3-block": {"layers": (4, 12, 20), "rank": 4, "positions": "f1+l1", "length": 64},
+    "long": {"layers": ALL_BLOCKS, "rank": 8, "positions": "f7+l7", "length": 512},
+}
 
 
 class BiasOnly(nn.Module):
@@ -52,6 +65,30 @@ class BiasOnly(nn.Module):
         return (h.to(self.b.dtype) + self.b).to(h.dtype)
 
 
+# ---------------------------------------------------------------------------- setup
+
+
+def reft_config(spec: dict, num_layers: int) -> ReftConfig:
+    """The ReftConfig of a CONFIGS entry on a model of num_layers blocks (tied positions);
+    block indices past the model's depth are dropped (tiny models)."""
+    layers = range(num_layers) if spec["layers"] is ALL_BLOCKS else [x for x in spec["layers"] if x < num_layers]
+    return ReftConfig(layers=tuple(layers) or (0,), rank=spec["rank"], positions=spec["positions"], tied=True)
+
+
+def synthetic_batch(vocab_size: int, batch: int, length: int, seed: int = 0) -> dict:
+    """A collated LM batch (CPU, as minireft.hf.data.collate makes it): B rows of `length`
+    random tokens, the first length − length // 4 the prompt, the rest the completion."""
+    from minireft.hf.data import IGNORE_INDEX
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab_size, (batch, length), generator=g)
+    prompt = length - length // 4
+    labels = ids.clone()
+    labels[:, :prompt] = IGNORE_INDEX
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+            "prompt_lengths": torch.full((batch,), prompt)}
+
+
 def swap_in(reft, modules: dict) -> dict:
     """Put modules {(layer, group): module} into reft.interventions; return the ones taken out."""
     out = {}
@@ -62,37 +99,84 @@ def swap_in(reft, modules: dict) -> dict:
 
 
 def floor_modules(reft) -> dict:
-    return {(layer, group): BiasOnly(reft.hidden_size, dtype=m.b.dtype, device=m.b.device)
+    return {(layer, group): BiasOnly(reft.hidden_size, dtype=m.R.dtype, device=m.R.device)
             for layer, groups in reft.interventions.items() for group, m in groups.items()}
 
 
-def make_batch(tokenizer, n: int, seed: int = 0) -> dict:
-    """n Rotten Tomatoes examples, chat template, left padded, as the demo trains."""
-    from minireft.demo.datasets import rotten_tomatoes
-    from minireft.hf.data import collate, encode_examples, pad_id
-
-    encoded = encode_examples(tokenizer, rotten_tomatoes("train", n=n, seed=seed), chat_template=True)
-    return collate(encoded, pad_id(tokenizer), padding_side="left")
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def loss_of(reft, batch) -> torch.Tensor:
-    from minireft.hf.training import lm_loss_sum
-
-    out = reft(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-               prompt_lengths=batch["prompt_lengths"], use_cache=False)  # position ids from the mask
-    loss, n = lm_loss_sum(out.logits, batch["labels"])
-    return loss / n
+# ---------------------------------------------------------------------------- steps
 
 
-def train_step(reft, optimizer, batch) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    loss_of(reft, batch).backward()
-    optimizer.step()
+def reft_step(reft, optimizer, batch):
+    """One training step as minireft.hf.training runs it (loss at label positions only)."""
+    from minireft.hf.training import _loss_sum, _targets_of
+
+    n = sum(_targets_of({"labels": row.tolist()}, "lm") for row in batch["labels"])
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = _loss_sum(reft, batch, "lm")
+        (loss / n).backward()
+        optimizer.step()
+
+    return step
 
 
-def peak_step_bytes(step) -> int | None:
-    """Peak of torch CPU allocations during step() above the level before it (None if the
-    profiler's memory timeline is unavailable in this torch)."""
+def bare_step(reft, batch):
+    """Forward + backward of the frozen model alone (no edit) on the same batch and loss; the
+    input embeddings require grad so that backward runs through every block."""
+    from minireft.hf.training import _logit_columns, _on, lm_loss_sum
+
+    base = reft.model
+    device = next(base.parameters()).device
+    ids = batch["input_ids"].to(device)
+    mask = batch["attention_mask"].to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    columns, kept = _logit_columns(batch["labels"])
+    columns = _on(columns, device)
+
+    def step():
+        embeds = base.get_input_embeddings()(ids).detach().requires_grad_(True)
+        logits = base(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                      logits_to_keep=columns, use_cache=False).logits
+        loss, n = lm_loss_sum(logits, kept)
+        (loss / n).backward()
+
+    return step
+
+
+def time_rounds(steps: dict, rounds: int, device) -> dict:
+    """{name: [seconds]}: each step once per round, the order rotated every round; one
+    untimed warm-up round first."""
+    names = list(steps)
+    times = {name: [] for name in names}
+    for r in range(rounds + 1):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            _sync(device)
+            t = time.perf_counter()
+            steps[name]()
+            _sync(device)
+            if r > 0:
+                times[name].append(time.perf_counter() - t)
+    return times
+
+
+def peak_step_bytes(step, device) -> int | None:
+    """Peak of torch's allocations during step() above the level before it: CUDA's
+    max_memory_allocated, or on the CPU the profiler's memory timeline (None if this
+    torch cannot give it)."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        _sync(device)
+        return torch.cuda.max_memory_allocated(device) - before
     try:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True,
                                     record_shapes=True, with_stack=True) as prof:
@@ -110,83 +194,95 @@ def peak_step_bytes(step) -> int | None:
     return peak
 
 
-def saved_bytes(reft, batch) -> int:
-    """Bytes of distinct storages saved for backward by one forward + loss, weights excluded."""
-    weights = {p.untyped_storage().data_ptr() for p in reft.model.parameters()}
-    storages = {}
+@contextlib.contextmanager
+def training_modes(reft, gradient_checkpointing: bool = False):
+    """The modes train() runs in (interventions train, base eval; optional checkpointing)."""
+    from minireft.hf.training import _enter_train_mode, _restore_modes
 
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in weights:
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = loss_of(reft, batch)
-    del loss
-    return sum(storages.values())
+    before = _enter_train_mode(reft, gradient_checkpointing)
+    try:
+        yield
+    finally:
+        _restore_modes(before)
 
 
-def median_ms(xs) -> float:
-    return 1000 * statistics.median(xs)
-
-
-def bench_training(reft, batch, pairs: int, lr: float = 1e-3) -> dict:
+def bench_training(reft, batch, rounds: int, *, lr: float = 1e-3, checkpointing_memory: bool = False) -> dict:
+    """Interleaved step times of LoReFT, the floor and the bare model; peak step memory of
+    LoReFT and the floor (and of LoReFT with gradient checkpointing when asked)."""
     from minireft.torch.optim import ReftOptimizer
 
+    device = next(reft.model.parameters()).device
     loreft = {(layer, group): m for layer, groups in reft.interventions.items() for group, m in groups.items()}
     floor = floor_modules(reft)
-    reft.train()
-    reft.model.eval()
-    opt_loreft = ReftOptimizer.for_named_parameters(reft.named_trainable_parameters(), lr=lr)
+    optimizers = {"loreft": ReftOptimizer.for_named_parameters(reft.named_trainable_parameters(), lr=lr)}
     swap_in(reft, floor)
-    opt_floor = ReftOptimizer.for_named_parameters(reft.named_trainable_parameters(), lr=lr)
-    floor_params = sum(p.numel() for _, p in reft.named_trainable_parameters())
+    optimizers["floor"] = ReftOptimizer.for_named_parameters(reft.named_trainable_parameters(), lr=lr)
     swap_in(reft, loreft)
-    loreft_params = reft.num_trainable_parameters()
+    modules = {"loreft": loreft, "floor": floor}
 
-    variants = {"loreft": (loreft, opt_loreft), "floor": (floor, opt_floor)}
-    times = {"loreft": [], "floor": []}
-    for name, (modules, opt) in variants.items():  # warm-up, one step each
-        swap_in(reft, modules)
-        train_step(reft, opt, batch)
-    for i in range(pairs):
-        order = ("loreft", "floor") if i % 2 == 0 else ("floor", "loreft")  # ABBA: no fixed order bias
-        for name in order:
-            modules, opt = variants[name]
-            swap_in(reft, modules)
-            t = time.perf_counter()
-            train_step(reft, opt, batch)
-            times[name].append(time.perf_counter() - t)
-    memory = {}
-    for name, (modules, opt) in variants.items():
-        swap_in(reft, modules)
-        memory[name] = {"peak": peak_step_bytes(lambda: train_step(reft, opt, batch)),  # noqa: B023
-                        "saved": saved_bytes(reft, batch)}
+    def variant(name):
+        inner = reft_step(reft, optimizers[name], batch)
+
+        def step():
+            swap_in(reft, modules[name])
+            inner()
+        return step
+
+    steps = {"loreft": variant("loreft"), "floor": variant("floor"), "bare": bare_step(reft, batch)}
+    with training_modes(reft):
+        times = time_rounds(steps, rounds, device)
+        memory = {name: peak_step_bytes(steps[name], device) for name in ("loreft", "floor")}
+    if checkpointing_memory:
+        with training_modes(reft, gradient_checkpointing=True):
+            memory["loreft, checkpointing"] = peak_step_bytes(steps["loreft"], device)
     swap_in(reft, loreft)
-    reft.eval()
-    return {"times": times, "memory": memory, "params": {"loreft": loreft_params, "floor": floor_params}}
+    return {"times": times, "memory": memory}
 
 
-def bench_decode(model, tokenizer, config, prompt_ids, new_tokens: int, pairs: int, seed: int) -> dict:
+def count_syncs(reft, tokenizer, steps: int, batch_size: int = 8) -> dict | None:
+    """Run train() for `steps` steps under torch.cuda.set_sync_debug_mode("warn") and count
+    the synchronising CUDA calls by source line (None off CUDA)."""
+    from minireft.hf.training import train
+
+    device = next(reft.model.parameters()).device
+    if device.type != "cuda":
+        return None
+    examples = [{"prompt": f"Question {i}: what is {i} plus {i}?", "completion": f" {2 * i}"}
+                for i in range(batch_size * steps)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            train(reft, tokenizer, examples, batch_size=batch_size, max_steps=steps, epochs=1,
+                  progress=False)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    where = Counter(f"{w.filename.rsplit('/', 1)[-1]}:{w.lineno}" for w in caught
+                    if "synchroniz" in str(w.message))
+    return {"steps": steps, "total": sum(where.values()), "where": dict(where.most_common())}
+
+
+def bench_decode(model, config, prompt_ids, new_tokens: int, rounds: int, seed: int, pad_id: int) -> dict:
+    """{"adapter": [tok/s], "base": [tok/s]}: greedy generate(), interleaved, one warm-up."""
     from minireft.hf.model import attach
 
-    ids = torch.tensor([prompt_ids])  # (1, n)
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt_ids], device=device)  # (1, n)
     kwargs = {"attention_mask": torch.ones_like(ids), "max_new_tokens": new_tokens,
-              "min_new_tokens": new_tokens, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+              "min_new_tokens": new_tokens, "do_sample": False, "pad_token_id": pad_id}
 
     def run(generate):
+        _sync(device)
         t = time.perf_counter()
         with torch.no_grad():
             out = generate(ids, **kwargs)
-        elapsed = time.perf_counter() - t
+        _sync(device)
         assert out.shape[1] == ids.shape[1] + new_tokens
-        return new_tokens / elapsed
+        return new_tokens / (time.perf_counter() - t)
 
     speeds = {"adapter": [], "base": []}
-    for i in range(pairs + 1):  # pair 0 is the warm-up
-        order = ("adapter", "base") if i % 2 == 0 else ("base", "adapter")
-        for name in order:
+    for i in range(rounds + 1):
+        for name in (("adapter", "base") if i % 2 == 0 else ("base", "adapter")):
             if name == "adapter":
                 reft = attach(model, config, seed=seed)
                 speed = run(reft.generate)
@@ -198,78 +294,139 @@ def bench_decode(model, tokenizer, config, prompt_ids, new_tokens: int, pairs: i
     return speeds
 
 
+# ---------------------------------------------------------------------------- report
+
+
 def _mib(x) -> str:
     return "n/a" if x is None else f"{x / 2**20:.1f} MiB"
 
 
+def _ratio(a, b) -> str:
+    return "n/a" if a is None or not b else f"{a / b:.3f}x"
+
+
+def report(name: str, spec: dict, config: ReftConfig, batch: dict, train: dict, speeds: dict | None) -> list[str]:
+    """The lines of one configuration; the ratios as the module docstring defines them."""
+    med = {k: 1000 * statistics.median(v) for k, v in train["times"].items()}
+    mem = train["memory"]
+    B, T = batch["input_ids"].shape
+    target = TARGETS.get(name)
+    ratio = med["loreft"] / med["floor"]
+    verdict = "" if target is None else f" (target <= {target:.2f}x: {'ok' if ratio <= target else 'MISSED'})"
+    layers = "all" if len(config.layers) > 3 else ",".join(map(str, config.layers))
+    lines = [
+        (f"[{name}] blocks {layers} ({len(config.layers)}), rank {config.rank}, {config.positions} tied; "
+        f"batch {B} x {T}"),
+        (f"  step ms (median of {len(train['times']['loreft'])}): LoReFT {med['loreft']:.1f}, floor "
+        f"{med['floor']:.1f}, bare fwd+bwd {med['bare']:.1f}"),
+        f"  step LoReFT / floor      {ratio:.3f}x{verdict}",
+        f"  step LoReFT / bare       {med['loreft'] / med['bare']:.3f}x   floor / bare {med['floor'] / med['bare']:.3f}x",
+        (f"  peak step memory LoReFT {_mib(mem['loreft'])}, floor {_mib(mem['floor'])}: "
+        f"{_ratio(mem['loreft'], mem['floor'])} (target <= {TARGET_MEMORY:.2f}x)"),
+    ]
+    if "loreft, checkpointing" in mem:
+        lines.append(f"  gradient checkpointing: peak step memory {_mib(mem['loreft'])} without, "
+                     f"{_mib(mem['loreft, checkpointing'])} with "
+                     f"({_ratio(mem['loreft, checkpointing'], mem['loreft'])})")
+    if speeds:
+        s_ad, s_base = (statistics.median(speeds[k]) for k in ("adapter", "base"))
+        lines.append(f"  decode tok/s (median of {len(speeds['adapter'])}): adapter {s_ad:.1f}, base "
+                     f"{s_base:.1f}: {s_ad / s_base:.3f}x")
+    return lines
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def tiny_model(seed: int = 0):
+    """(model, tokenizer-like pad id) for --quick: a 4-block random Llama, vocab 128."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return LlamaForCausalLM(config).eval()
+
+
+def run(model, *, configs, batch_size: int, rounds: int, long_rounds: int, decode_rounds: int,
+        new_tokens: int, seed: int, pad_id: int, tokenizer=None, sync_steps: int = 0,
+        length_scale: float = 1.0) -> list[str]:
+    """Benchmark every configuration in `configs` on `model`; return the report lines."""
+    from minireft.hf.model import attach
+
+    num_layers = model.config.num_hidden_layers
+    lines = []
+    for name in configs:
+        spec = CONFIGS[name]
+        config = reft_config(spec, num_layers)
+        length = max(8, int(spec["length"] * length_scale))
+        batch = synthetic_batch(model.config.vocab_size, batch_size, length, seed)
+        reft = attach(model, config, seed=seed)
+        try:
+            train = bench_training(reft, batch, long_rounds if name == "long" else rounds,
+                                   checkpointing_memory=name == "long")
+            syncs = count_syncs(reft, tokenizer, sync_steps) if sync_steps and tokenizer is not None else None
+        finally:
+            reft.detach()
+        speeds = None
+        if decode_rounds and name != "long":
+            prompt = batch["input_ids"][0, :int(batch["prompt_lengths"][0])].tolist()
+            speeds = bench_decode(model, config, prompt, new_tokens, decode_rounds, seed, pad_id)
+        block = report(name, spec, config, batch, train, speeds)
+        if syncs is not None:
+            block.append(f"  host syncs in train() under set_sync_debug_mode: {syncs['total']} in "
+                         f"{syncs['steps']} steps ({syncs['total'] / syncs['steps']:.1f} per step): "
+                         f"{syncs['where']}")
+        print("\n".join(block), flush=True)
+        lines += block
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", default="14,20", help="blocks, e.g. 14,20 (the demo's)")
-    parser.add_argument("--positions", default="l3")
-    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--configs", default="paper,3-block,long", help="comma list of " + ", ".join(CONFIGS))
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny random model, short sequences, 2 rounds: checks that it runs")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--pairs", type=int, default=8, help="interleaved training-step pairs")
-    parser.add_argument("--decode-pairs", type=int, default=6)
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--pairs", type=int, default=8, help="timed rounds for the 8 x 64 configurations")
+    parser.add_argument("--long-pairs", type=int, default=3, help="timed rounds for the 8 x 512 one")
+    parser.add_argument("--decode-pairs", type=int, default=4)
+    parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--sync-steps", type=int, default=0,
+                        help="CUDA: also run train() for this many steps counting host syncs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-
-    from minireft.hf.loading import load_model
-    from minireft.hf.model import attach
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        parser.error(f"--configs: unknown {unknown}; choose from {list(CONFIGS)}")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model, tokenizer = load_model()
-    config = ReftConfig(layers=tuple(int(x) for x in args.layers.split(",")), rank=args.rank,
-                        positions=args.positions)
-    batch = make_batch(tokenizer, args.batch_size, seed=args.seed)
-    B, T = batch["input_ids"].shape
-    print(f"SmolLM2-135M, {args.threads} threads; LoReFT rank {config.rank}, layers {list(config.layers)}, "
-          f"positions {config.positions}; batch {B} x {T} tokens (left padded, chat template)")
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    tokenizer = None
+    if args.quick:
+        model, pad_id, scale = tiny_model(args.seed).to(device, dtype), 0, 0.125
+        rounds, long_rounds, decode_rounds, new_tokens = 2, 1, 1, 4
+        what = "tiny random Llama (--quick)"
+    else:
+        from minireft.hf.loading import load_model
 
-    reft = attach(model, config, seed=args.seed)
-    train = bench_training(reft, batch, args.pairs)
-    reft.detach()
-    t_lo, t_fl = (median_ms(train["times"][k]) for k in ("loreft", "floor"))
-    print(f"\ntraining step ({args.pairs} interleaved pairs, medians): LoReFT {t_lo:.0f} ms "
-          f"({train['params']['loreft']:,} params), floor {t_fl:.0f} ms ({train['params']['floor']:,} params)")
-    print("  all LoReFT ms: " + " ".join(f"{1000 * x:.0f}" for x in train["times"]["loreft"]))
-    print("  all floor  ms: " + " ".join(f"{1000 * x:.0f}" for x in train["times"]["floor"]))
-    mem = train["memory"]
-    for key, what in (("peak", "peak torch CPU allocation during a step"),
-                      ("saved", "tensors saved for backward (activations)")):
-        lo, fl = mem["loreft"][key], mem["floor"][key]
-        ratio = f"{lo / fl:.3f}x" if lo is not None and fl else "n/a"
-        print(f"  memory, {what}: LoReFT {_mib(lo)}, floor {_mib(fl)} ({ratio})")
-
-    from minireft.hf.data import encode_prompt
-
-    prompt = encode_prompt(tokenizer, make_prompt(args.seed), chat_template=True)
-    speeds = bench_decode(model, tokenizer, config, prompt, args.new_tokens, args.decode_pairs, args.seed)
-    s_ad, s_base = (statistics.median(speeds[k]) for k in ("adapter", "base"))
-    print(f"\ndecode ({args.decode_pairs} interleaved pairs, batch 1, {len(prompt)}-token prompt, "
-          f"{args.new_tokens} new tokens, medians): adapter {s_ad:.1f} tok/s, base {s_base:.1f} tok/s")
-    print("  all adapter tok/s: " + " ".join(f"{x:.1f}" for x in speeds["adapter"]))
-    print("  all base    tok/s: " + " ".join(f"{x:.1f}" for x in speeds["base"]))
-
-    step_ratio, decode_ratio = t_lo / t_fl, s_ad / s_base
-    print(f"\n{'ratio':<34} {'measured':>9} {'target':>9}  verdict")
-    print(f"{'training step, LoReFT / floor':<34} {step_ratio:>8.3f}x {'<= 1.10':>9}  "
-          f"{'ok' if step_ratio <= TARGET_STEP else 'MISSED'}")
-    print(f"{'decode tok/s, adapter / base':<34} {decode_ratio:>8.3f}x {'>= 0.97':>9}  "
-          f"{'ok' if decode_ratio >= TARGET_DECODE else 'MISSED'}")
-    lo, fl = mem["loreft"]["peak"], mem["floor"]["peak"]
-    if lo is not None and fl:
-        print(f"{'peak step memory, LoReFT / floor':<34} {lo / fl:>8.3f}x")
-    print(f"{'saved activations, LoReFT / floor':<34} {mem['loreft']['saved'] / mem['floor']['saved']:>8.3f}x")
+        model, tokenizer = load_model("smollm2", dtype=dtype)
+        model, pad_id, scale = model.to(device), tokenizer.pad_token_id, 1.0
+        rounds, long_rounds, decode_rounds, new_tokens = args.pairs, args.long_pairs, args.decode_pairs, args.new_tokens
+        what = "SmolLM2-135M"
+    print(f"{what}, {args.dtype} on {device}" + (f", {args.threads} threads" if device.type == "cpu" else "")
+          + f"; configurations {', '.join(configs)}; step rounds {rounds} ({long_rounds} long), order "
+          f"rotated each round")
+    run(model, configs=configs, batch_size=args.batch_size, rounds=rounds, long_rounds=long_rounds,
+                decode_rounds=decode_rounds, new_tokens=new_tokens, seed=args.seed, pad_id=pad_id,
+                tokenizer=tokenizer, sync_steps=args.sync_steps, length_scale=scale)
     return 0
-
-
-def make_prompt(seed: int) -> str:
-    from minireft.demo.datasets import rotten_tomatoes
-
-    return rotten_tomatoes("test", n=1, seed=seed)[0]["prompt"]
 
 
 if __name__ == "__main__":

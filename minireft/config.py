@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 
 from minireft import consreft, direft, lobireft, loreft, noreft, ortho_direft
-from minireft.positions import parse_positions
+from minireft.positions import RULES, parse_positions
 
 INTERVENTIONS = {"loreft": loreft.PARAMS, "direft": direft.PARAMS, "noreft": noreft.PARAMS,
                  "consreft": consreft.PARAMS, "lobireft": lobireft.PARAMS,
@@ -32,6 +32,8 @@ class ReftConfig:
     dropout:      dropout probability on the edit Φ(h) − h during training
     dtype:        the parameters' dtype, whatever the model's ("float32" or "float64")
     module_path:  dotted path of the nn.ModuleList of blocks, when it cannot be found alone
+    position_rule: how a short prompt clamps p and s: "paper" (default) or "pyreft" (as pyreft
+                  0.1.0 edits; minireft.positions); to_dict omits it when "paper"
     """
 
     layers: tuple[int, ...]
@@ -43,6 +45,7 @@ class ReftConfig:
     dropout: float = 0.0
     dtype: str = "float32"
     module_path: str | None = field(default=None)
+    position_rule: str = "paper"
 
     def __post_init__(self):
         layers = (self.layers,) if isinstance(self.layers, int) else self.layers
@@ -75,6 +78,8 @@ class ReftConfig:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         if self.module_path is not None and not isinstance(self.module_path, str):
             raise TypeError(f"module_path must be a dotted string such as 'model.layers', got {self.module_path!r}")
+        if self.position_rule not in RULES:
+            raise ValueError(f"position_rule must be one of {list(RULES)}, got {self.position_rule!r}")
 
     @property
     def prefix_suffix(self) -> tuple[int, int]:
@@ -108,6 +113,10 @@ class ReftConfig:
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["layers"] = list(self.layers)
+        if out["position_rule"] == "paper":
+            # The default is left out so that adapters and corpus cases written before the
+            # option existed keep their bytes, and older readers still read new "paper" ones.
+            del out["position_rule"]
         return out
 
     @classmethod

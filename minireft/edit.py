@@ -99,7 +99,7 @@ def edited_positions(attention_mask, prompt_lengths, config: ReftConfig, *, leng
         if not 1 <= n_b <= count:
             raise ValueError(f"row {b} has prompt_length {n_b}, but must have 1 <= prompt_length <= its "
                              f"{count} real tokens (an empty prompt cannot be edited)")
-        pre, suf = intervention_positions(n_b, prefix, suffix)
+        pre, suf = intervention_positions(n_b, prefix, suffix, rule=config.position_rule)
         pre, suf = [first + t for t in pre], [first + t for t in suf]
         for group, per_row in groups.items():
             per_row.append({"tied": pre + suf, "prefix": pre, "suffix": suf}[group])

@@ -380,6 +380,12 @@ def positions_cases():
     case("positions_long", "positions.intervention_positions_table", table(rows),
          description="intervention_positions for long prompts and large p, s (the n < p + s clamp); "
                      "row i of prefix_positions / suffix_positions lists the positions, padded with -1")
+    rows = [(n, p, s) for n in range(1, 11) for p in (0, 1, 3, 7) for s in (0, 1, 3, 7)]
+    case("positions_grid_pyreft_rule", "positions.intervention_positions_table", table(rows),
+         kwargs={"rule": "pyreft"},
+         description="intervention_positions(n, p, s, rule='pyreft') for n in 1..10, p, s in {0, 1, 3, 7}: "
+                     "p' = min(p, ⌊n/2⌋), s' = min(s, ⌊n/2⌋) always (SPEC §6); row i of prefix_positions / "
+                     "suffix_positions lists the positions, padded with -1")
 
 
 def table(rows):
@@ -400,9 +406,10 @@ def edit_mask(counts, length, sides) -> np.ndarray:
 
 
 def edit_case(name, *, method, positions, tied, d, r, counts, length, sides, prompts=None, vjp=False,
-              identity=False, note=""):
+              identity=False, note="", position_rule="paper"):
     """One `edit` (or `edit_vjp`) case: h ~ N(0, 1) of shape (B, L, d), one parameter set per group."""
-    config = minireft.ReftConfig(layers=(0,), rank=r, positions=positions, tied=tied, intervention=method)
+    config = minireft.ReftConfig(layers=(0,), rank=r, positions=positions, tied=tied, intervention=method,
+                                 position_rule=position_rule)
     seed = seed_of(name)
     rng = np.random.default_rng(seed)
     mask = edit_mask(counts, length, sides)
@@ -421,7 +428,8 @@ def edit_case(name, *, method, positions, tied, d, r, counts, length, sides, pro
                      + (f", prompt {prompts[b]}" if prompts is not None else "")
                      for b, (c, side) in enumerate(zip(counts, sides)))
     what = "the VJP (dh, grad.{group}.{param}) of edit against dout" if vjp else "edit(h, ...)"
-    description = (f"{what}: {method}, positions {positions}, {'tied' if tied else 'untied'} "
+    rule = "" if position_rule == "paper" else f" (rule {position_rule})"
+    description = (f"{what}: {method}, positions {positions}{rule}, {'tied' if tied else 'untied'} "
                    f"(groups {', '.join(config.groups)}); h (B, L, d) = {list(h.shape)}, r={r}; {rows}"
                    + ("" if prompts is not None else "; prompt_lengths None (all real tokens)")
                    + (f"; {note}" if note else ""))
@@ -458,6 +466,14 @@ def edit_cases():
     edit_case("edit_loreft_untied_f7l7_pyreft_differs", method="loreft", positions="f7+l7", tied=False,
               d=8, r=2, counts=(1, 3, 10, 20), length=20, sides=("left", "left", "right", "left"),
               note="short prompts where pyreft edits differently (SPEC §6): n = 1 edits its one token")
+    edit_case("edit_loreft_untied_f7l7_pyreft_rule", method="loreft", positions="f7+l7", tied=False,
+              d=8, r=2, counts=(1, 3, 10, 20), length=20, sides=("left", "left", "right", "left"),
+              position_rule="pyreft",
+              note="position_rule pyreft: n = 1 edits nothing, n = 3 edits [0] and [2], n = 10 edits 0…4 and 5…9")
+    edit_case("edit_vjp_direft_tied_f2l3_pyreft_rule", method="direft", positions="f2+l3", tied=True,
+              d=7, r=2, counts=(1, 4, 6), length=6, sides=("right", "left", "left"), prompts=(1, 4, 5),
+              vjp=True, position_rule="pyreft",
+              note="position_rule pyreft: s' = min(3, ⌊n/2⌋), so a 5-token prompt edits [0, 1] and [3, 4]")
     edit_case("edit_loreft_untied_f7l7_d576", method="loreft", positions="f7+l7", tied=False, d=576, r=4,
               counts=(16, 11), length=16, sides=("left", "right"), note="SmolLM2's hidden size")
     edit_case("edit_vjp_loreft_untied_f2l2_all_short", method="loreft", positions="f2+l2", tied=False,

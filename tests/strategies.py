@@ -218,6 +218,7 @@ def configs(draw) -> ReftConfig:
         dropout=draw(st.sampled_from((0.0, 0.05, 0.5))),
         dtype=draw(st.sampled_from(("float32", "float64"))),
         module_path=draw(st.sampled_from((None, "model.layers", "transformer.h"))),
+        position_rule=draw(st.sampled_from(("paper", "pyreft"))),
     )
 
 
@@ -280,7 +281,8 @@ def edit_cases(draw, dtype=None, max_rows: int = 4, max_tokens: int = 12,
         prompts = tuple(draw(st.integers(1, c)) for c in counts)
     r, d = draw(rank_dims(16))
     config = ReftConfig(layers=(0,), rank=r, positions=draw(position_strings())[0],
-                        tied=draw(st.booleans()), intervention=draw(st.sampled_from(interventions)))
+                        tied=draw(st.booleans()), intervention=draw(st.sampled_from(interventions)),
+                        position_rule=draw(st.sampled_from(("paper", "pyreft"))))
     return EditCase(counts, sides, length, prompts, config, d,
                     np.dtype(dtype) if dtype is not None else draw(dtypes), draw(seeds))
 

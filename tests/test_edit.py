@@ -51,7 +51,7 @@ def test_edited_positions_are_the_rule_applied_to_the_real_tokens(case):
     for b, count in enumerate(case.counts):
         real = real_columns(mask[b])
         n = count if case.prompts is None else case.prompts[b]
-        pre, suf = intervention_positions(n, p, s)
+        pre, suf = intervention_positions(n, p, s, rule=case.config.position_rule)
         want = {"tied": [real[i] for i in pre + suf], "prefix": [real[i] for i in pre],
                 "suffix": [real[i] for i in suf]}
         for group in case.config.groups:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 from strategies import position_strings
 
 from minireft.positions import intervention_positions, parse_positions
@@ -120,3 +121,40 @@ def test_worked_examples(n, p, s, expected):
 def test_intervention_positions_rejects_bad_arguments(args, match):
     with pytest.raises(ValueError, match=match):
         intervention_positions(*args)
+
+
+# ---------------------------------------------------------------- the "pyreft" rule
+
+
+@given(n=st.integers(1, 60), p=st.integers(0, 12), s=st.integers(0, 12))
+def test_pyreft_rule_clamps_both_sides_to_half_the_prompt_always(n, p, s):
+    prefix, suffix = intervention_positions(n, p, s, rule="pyreft")
+    pc, sc = min(p, n // 2), min(s, n // 2)  # pyreft's first_n, last_n with last_position = n
+    assert prefix == list(range(pc)) and suffix == list(range(n - sc, n))
+    assert not set(prefix) & set(suffix)
+    # It never edits a token the paper's rule leaves alone: both sets are a head and a tail,
+    # and the paper's counts are never smaller.
+    paper_prefix, paper_suffix = intervention_positions(n, p, s)
+    assert set(prefix) <= set(paper_prefix) and set(suffix) <= set(paper_suffix)
+    # When neither side is clamped by pyreft, the prompt fits p + s and the two agree.
+    if p <= n // 2 and s <= n // 2:
+        assert (prefix, suffix) == (paper_prefix, paper_suffix)
+
+
+@pytest.mark.parametrize("n, p, s, paper, pyreft", [
+    (3, 7, 7, ([0], [1, 2]), ([0], [2])),  # short: pyreft's suffix is ⌊3/2⌋ = 1, not ⌈3/2⌉
+    (1, 7, 7, ([], [0]), ([], [])),  # one token: pyreft edits nothing
+    (10, 2, 7, ([0, 1], list(range(3, 10))), ([0, 1], list(range(5, 10)))),  # fits, s > n/2
+    (5, 0, 3, ([], [2, 3, 4]), ([], [3, 4])),
+    (1, 0, 1, ([], [0]), ([], [])),  # "l1" on a one-token prompt
+    (2, 1, 1, ([0], [1]), ([0], [1])),  # agree: p, s <= ⌊n/2⌋
+    (20, 7, 7, (list(range(7)), list(range(13, 20))), (list(range(7)), list(range(13, 20)))),
+])
+def test_the_rules_on_worked_examples(n, p, s, paper, pyreft):
+    assert intervention_positions(n, p, s, rule="paper") == paper
+    assert intervention_positions(n, p, s, rule="pyreft") == pyreft
+
+
+def test_an_unknown_rule_is_refused_with_the_accepted_ones():
+    with pytest.raises(ValueError, match=r"rule must be one of \['paper', 'pyreft'\], got 'PyReFT'"):
+        intervention_positions(5, 1, 1, rule="PyReFT")

@@ -100,11 +100,13 @@ def _riemannian_trajectory(be, x, kw, put, get):
 
 
 def _positions_table(be, x, kw, put, get):
-    """One call per row (n, prefix, suffix), with Python ints; lists padded with -1."""
+    """One call per row (n, prefix, suffix), with Python ints; lists padded with -1. A case with
+    kwargs["rule"] passes it on as rule=...; one without calls fn(n, p, s) (the paper's rule)."""
     fn = _fn(be, "positions.intervention_positions")
+    rule = {"rule": kw["rule"]} if "rule" in kw else {}
     rows = []
     for n, p, s in zip(x["n"].tolist(), x["prefix"].tolist(), x["suffix"].tolist()):
-        pre, suf = _n_tuple(fn(n, p, s), 2, "positions.intervention_positions")
+        pre, suf = _n_tuple(fn(n, p, s, **rule), 2, "positions.intervention_positions")
         rows.append(([int(i) for i in get(pre).reshape(-1)], [int(i) for i in get(suf).reshape(-1)]))
     out = {}
     for j, key in enumerate(("prefix_positions", "suffix_positions")):

@@ -69,19 +69,23 @@ def _check_h(h, mask) -> None:
 
 
 def position_index(first: torch.Tensor, prompt_lengths: torch.Tensor, prefix: int, suffix: int,
-                   tied: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                   tied: bool, rule: str = "paper") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{group: (index, valid)}, both (B, P): the edited positions of each row, vectorised.
 
-    Row b edits f_b + intervention_positions(n_b, p, s) with f = first (B,), n = prompt_lengths
-    (B,); for n_b < p + s: p_b = min(p, ⌊n_b/2⌋), s_b = min(s, ⌈n_b/2⌉). Prefix entry j is
+    Row b edits f_b + intervention_positions(n_b, p, s, rule) with f = first (B,), n =
+    prompt_lengths (B,); rule "paper": for n_b < p + s, p_b = min(p, ⌊n_b/2⌋), s_b = min(s,
+    ⌈n_b/2⌉); rule "pyreft": p_b = min(p, ⌊n_b/2⌋), s_b = min(s, ⌊n_b/2⌋) always. Prefix entry j is
     f + j (valid iff j < p_b); suffix entry j is f + n − s_b + j (valid iff j < s_b). Invalid
     entries point at f, a real token, so that gathering them is always in range.
     Groups: {"tied": P = p + s} or {"prefix": P = p, "suffix": P = s} (empty groups dropped).
     """
     first, n = first[:, None], prompt_lengths[:, None]  # (B, 1)
-    short = n < prefix + suffix
-    p = torch.where(short, torch.clamp(n // 2, max=prefix), prefix)  # (B, 1)
-    s = torch.where(short, torch.clamp((n + 1) // 2, max=suffix), suffix)  # (B, 1)
+    if rule == "pyreft":
+        p, s = torch.clamp(n // 2, max=prefix), torch.clamp(n // 2, max=suffix)  # (B, 1)
+    else:
+        short = n < prefix + suffix
+        p = torch.where(short, torch.clamp(n // 2, max=prefix), prefix)  # (B, 1)
+        s = torch.where(short, torch.clamp((n + 1) // 2, max=suffix), suffix)  # (B, 1)
     jp = torch.arange(prefix, device=n.device)  # (p,)
     js = torch.arange(suffix, device=n.device)  # (s,)
     groups = {"prefix": (first + jp, jp < p), "suffix": (first + n - s + js, js < s)}
@@ -137,7 +141,8 @@ class EditPlan:
             raise ValueError(_first_bad_row(real, count, first, last, n))
         prefix, suffix = config.prefix_suffix
         pairs = {}
-        for group, (index, valid) in position_index(first, n, prefix, suffix, config.tied).items():
+        for group, (index, valid) in position_index(first, n, prefix, suffix, config.tied,
+                                                       config.position_rule).items():
             rows = torch.arange(B, device=index.device)[:, None].expand_as(index)  # (B, P)
             pairs[group] = (rows[valid], index[valid])  # (K_g,) each, row-major
         return cls(pairs, B, L)

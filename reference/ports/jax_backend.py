@@ -188,12 +188,15 @@ optim = types.SimpleNamespace(adamw_step=_adamw_step, riemannian_adam_step=_riem
 # ------------------------------------------------------------------------ positions (§6)
 
 
-def _intervention_positions(n: int, prefix: int, suffix: int) -> tuple[list, list]:
-    """The first p' and last s' of n real tokens, 0-based; when n < p + s,
-    p' = min(p, ⌊n/2⌋) and s' = min(s, ⌈n/2⌉). Python ints in, two lists out."""
+def _intervention_positions(n: int, prefix: int, suffix: int, rule: str = "paper") -> tuple[list, list]:
+    """The first p' and last s' of n real tokens, 0-based; rule "paper": when n < p + s,
+    p' = min(p, ⌊n/2⌋) and s' = min(s, ⌈n/2⌉); rule "pyreft": p' = min(p, ⌊n/2⌋) and
+    s' = min(s, ⌊n/2⌋) always. Python ints in, two lists out."""
     if n < 1:
         raise ValueError(f"n must be at least 1 (the prompt's real tokens), got {n}")
-    if n < prefix + suffix:
+    if rule == "pyreft":
+        prefix, suffix = min(prefix, n // 2), min(suffix, n // 2)
+    elif n < prefix + suffix:
         prefix, suffix = min(prefix, n // 2), min(suffix, (n + 1) // 2)
     return list(range(prefix)), list(range(n - suffix, n))
 
@@ -222,7 +225,7 @@ def _edited_columns(attention_mask, prompt_lengths, config) -> dict:
         n = real.size if lengths is None else int(lengths[b])
         if not 1 <= n <= real.size:
             raise ValueError(f"row {b} has prompt length {n}, not in 1..{real.size} (its real tokens)")
-        pre, suf = _intervention_positions(n, prefix, suffix)
+        pre, suf = _intervention_positions(n, prefix, suffix, getattr(config, "position_rule", "paper"))
         chosen = {"tied": pre + suf, "prefix": pre, "suffix": suf}
         for group, (rows, cols) in where.items():
             rows.extend([b] * len(chosen[group]))

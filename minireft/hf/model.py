@@ -246,7 +246,8 @@ class ReftModel(nn.Module):
         finally:
             self._plan = saved
 
-    def forward(self, input_ids=None, attention_mask=None, *, prompt_lengths=None, **model_kwargs):
+    def forward(self, input_ids=None, attention_mask=None, *, prompt_lengths=None, edit_plan=None,
+                **model_kwargs):
         """The base model's output with the edit. input_ids, attention_mask: (B, L).
 
         prompt_lengths (B,): real prompt tokens per row (default attention_mask.sum(1)); positions
@@ -255,6 +256,8 @@ class ReftModel(nn.Module):
         ((mask.cumsum(-1) − 1).clamp(min=0)) for a row's logits not to depend on its padding;
         for decoder-only models whose forward takes position_ids, they are filled in so when not
         given (as generate() does), so a row's result is the same alone or padded on either side.
+        edit_plan: this batch's EditPlan made ahead (train() builds it from the host copy of the
+        mask, so checking the mask reads no device memory); default: built from attention_mask.
         """
         self._check_attached()
         self._check_checkpointing()
@@ -263,7 +266,12 @@ class ReftModel(nn.Module):
             raise ValueError("pass input_ids (B, L) or inputs_embeds (B, L, d)")
         if attention_mask is None:
             attention_mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
-        self._plan_source = EditPlan.from_mask(attention_mask, prompt_lengths, self.config)
+        if edit_plan is None:
+            edit_plan = EditPlan.from_mask(attention_mask, prompt_lengths, self.config)
+        elif (edit_plan.batch, edit_plan.length) != tuple(attention_mask.shape):
+            raise ValueError(f"edit_plan is for a batch of {edit_plan.batch} x {edit_plan.length}, but "
+                             f"attention_mask is {tuple(attention_mask.shape)}")
+        self._plan_source = edit_plan
         if (self._fill_position_ids and "position_ids" not in model_kwargs
                 and model_kwargs.get("past_key_values") is None):
             model_kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

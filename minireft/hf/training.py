@@ -49,6 +49,7 @@ from minireft.hf import distributed
 from minireft.hf.data import IGNORE_INDEX, collate, encode_examples, pad_id
 from minireft.hf.prompt_format import prompt_format_of
 from minireft.hf.recipe import FEW_STEPS, LOG_FILE, PLOT_FILE, TRAIN, schedule
+from minireft.torch.edit import EditPlan
 from minireft.torch.optim import ReftOptimizer
 
 
@@ -220,6 +221,15 @@ def _logits_at(model, columns: torch.Tensor):
         handle.remove()
 
 
+def _edit_plan(model, batch: dict, device) -> EditPlan:
+    """The batch's EditPlan from its CPU mask and prompt lengths (the check reads host memory),
+    its (row, column) pairs sent to `device` asynchronously."""
+    config = getattr(model, "reft_model", model).config
+    plan = EditPlan.from_mask(batch["attention_mask"], batch["prompt_lengths"], config)
+    pairs = {group: tuple(_on(t, device) for t in pair) for group, pair in plan.pairs.items()}
+    return EditPlan(pairs, plan.batch, plan.length)
+
+
 def _count_targets(batch: dict, task: str) -> int:
     if task == "lm":
         return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
@@ -229,10 +239,12 @@ def _count_targets(batch: dict, task: str) -> int:
 def _loss_sum(model, batch: dict, task: str) -> tuple[torch.Tensor, dict]:
     """(summed loss over the batch's targets, {"correct": …} for classification).
 
-    batch: collated on the CPU; it moves to the model's device here. For "lm" the logits are
-    built only at positions whose next token is a target (see _logit_columns)."""
+    batch: collated on the CPU; it moves to the model's device here, with its edit plan built
+    (and the mask checked) on the host. For "lm" the logits are built only at positions whose
+    next token is a target (see _logit_columns)."""
     device = _device(model)
     inputs = {k: _on(batch[k], device) for k in ("input_ids", "attention_mask", "prompt_lengths")}
+    inputs["edit_plan"] = _edit_plan(model, batch, device)
     if task == "lm":
         columns, kept = _logit_columns(batch["labels"])
         # With left padding, ReftModel.forward gives decoders position ids counting real tokens.
@@ -386,10 +398,11 @@ def train(model, tokenizer, train_examples, *, eval_examples=None, task: str | N
     gradient_checkpointing: recompute each block's activations in backward instead of keeping
     them (ReftModel.gradient_checkpointing_enable; the same gradients, less memory).
 
-    Host-device syncs: one per step (the non-finite check reads the step's loss before its
-    optimizer step), plus ReftModel's check of each micro-batch's attention mask (EditPlan);
-    the losses stay on the device and are read every `log_every` steps (or every
-    REFRESH_STEPS for the progress bar), before an evaluation or a save, and at the end.
+    Host-device syncs: one per step, the non-finite check (it reads the step's loss before
+    the optimizer step); each micro-batch's mask is checked on its host copy, and its edit
+    plan, logit positions and targets go to the device asynchronously. The losses stay on
+    the device and are read every `log_every` steps (or every REFRESH_STEPS for the progress
+    bar), before an evaluation or a save, and at the end.
 
     Inside an initialised torch.distributed process group (e.g. under torchrun) every rank
     runs a disjoint shard of each micro-batch, the gradients are all-reduced, and only rank 0

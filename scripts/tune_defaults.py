@@ -5,8 +5,9 @@ measurement does not depend on what the library's defaults are today). For each 
 trains a fresh LoReFT from the same seed and scores held-out rows:
 
     format   the made-up format of minireft.demo.datasets.format_task: 32 training words;
-             held-out score = greedy generations equal to the format exactly, out of 8
-             held-out words (and out of all 32 held-out words, in brackets)
+             held-out scores, out of 8 held-out words (and all 32, in brackets): "shape",
+             the greedy generation is <<LETTERS|digits>> and nothing else (FORMAT_RE);
+             "exact", it is the right string (the word's letters upper-cased, its length)
     rt       Rotten Tomatoes sentiment as a word answer: held-out accuracy by scoring the
              two choices "negative" / "positive" (summed log-probability), N_WORD rows
     boolq    BoolQ yes/no, the same way
@@ -51,6 +52,9 @@ CANDIDATES = {
     "thirds": dict(BASE, layers=[1 / 3, 2 / 3]),  # blocks 10, 20 of 30
     "rank8": dict(BASE, rank=8),
     "direft": dict(BASE, intervention="direft"),
+    "no_chat_bs8_lr4e-3": dict(BASE, chat_template=False, batch_size=8, lr=4e-3),
+    "no_chat_steps128": dict(BASE, chat_template=False, steps=128),
+    "no_chat_lr2e-2": dict(BASE, chat_template=False, lr=2e-2),
 }
 TASKS = ("format", "rt", "boolq")
 N_WORD_TRAIN = 256
@@ -84,8 +88,8 @@ def score(task: str, reft, tokenizer, test, chat: bool) -> dict:
                                           max_new_tokens=12, batch_size=8)
         exact = [evaluation.normalise(g) == r["completion"] for g, r in zip(gens, test)]
         shaped = [FORMAT_RE.fullmatch(evaluation.normalise(g)) is not None for g in gens]
-        return {"exact8": sum(exact[:8]), "exact32": sum(exact), "format32": sum(shaped),
-                "examples": gens[:4]}
+        return {"exact8": sum(exact[:8]), "exact32": sum(exact), "format8": sum(shaped[:8]),
+                "format32": sum(shaped), "generations": gens}
     return {"accuracy": evaluation.score_choices(reft, tokenizer, test, chat_template=chat,
                                                  batch_size=8)["accuracy"]}
 
@@ -126,11 +130,13 @@ def table(rows: list[dict]) -> str:
     by = {}
     for r in rows:
         by.setdefault(r["candidate"], {})[r["task"]] = r
-    lines = ["| candidate | format exact /8 (/32) | rt acc | boolq acc | train s (format / rt / boolq) |",
-             "|---|---|---|---|---|"]
+    lines = [("| candidate | format shape /8 (/32) | format exact /8 (/32) | rt acc | boolq acc "
+             "| train s (format / rt / boolq) |"),
+             "|---|---|---|---|---|---|"]
     for name, tasks in by.items():
         f = tasks.get("format", {})
-        cells = [f"{f['exact8']}/8 ({f['exact32']}/32)" if "exact8" in f else "",
+        cells = [f"{f['format8']}/8 ({f['format32']}/32)" if "format8" in f else "",
+                 f"{f['exact8']}/8 ({f['exact32']}/32)" if "exact8" in f else "",
                  f"{tasks['rt']['accuracy']:.3f}" if "rt" in tasks else "",
                  f"{tasks['boolq']['accuracy']:.3f}" if "boolq" in tasks else "",
                  " / ".join(str(tasks[t].get("train_seconds", "")) if t in tasks else "" for t in TASKS)]

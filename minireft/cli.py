@@ -286,7 +286,7 @@ def _run_train(args) -> int:
             eval_examples = _read_examples(args.eval, args.task) if args.eval else None
             from minireft.hf import distributed, preflight, training
 
-            started = distributed.init_from_env()
+            started = distributed.init_from_env(cuda=_device(args.device).type == "cuda")
             rank = distributed.rank_and_world()[0]
             dims = preflight.model_dims(args.model)
             config = _reft_config(args, dims[0] if dims else None)

@@ -1,8 +1,11 @@
 """train() inside a torch.distributed process group: 2 CPU processes (gloo) on a tiny Llama
 train the same adapter as one process with the same global batch; bad input stops every
-rank before anything is written.
+rank before anything is written; `torchrun --nproc_per_node 2 -m minireft train` writes
+the adapter of a one-process `minireft train`.
 
 Each case spawns 2 processes (torch.multiprocessing, gloo on localhost); each takes ~10 s.
+MINIREFT_TEST_BACKEND=nccl runs the processes on cuda:0 and cuda:1 instead (2 GPUs;
+scripts/gpu_check.sh does).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:this run takes:UserWarning")
 # 11 examples, completions of different lengths: with batch_size 4 and grad_accum 2 an epoch
 # is a step of 2 micro-batches of 4 and a short step of one micro-batch of 3 (shards 2 + 1).
 EXAMPLES = [{"prompt": f"word {i}:", "completion": "xyz"[: 1 + i % 3] * (1 + i % 2)} for i in range(11)]
+BACKEND = os.environ.get("MINIREFT_TEST_BACKEND", "gloo")
 RUN = {"batch_size": 4, "grad_accum": 2, "epochs": 3, "lr": 2e-2, "warmup_ratio": 0.0, "seed": 3,
        "progress": False}
 
@@ -47,12 +51,14 @@ def _worker(rank: int, world: int, port: int, folder: str, overrides: dict) -> N
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", "this run takes")
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    if BACKEND == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(BACKEND, rank=rank, world_size=world)
     try:
         run = {**RUN, **overrides.get("all", {}), **overrides.get(str(rank), {})}
-        model = reft(tiny_llama(), layers=(0, 1), positions="f1+l2", seed=rank)  # rank 0's init wins
+        model = reft(_on_device(tiny_llama()), layers=(0, 1), positions="f1+l2", seed=rank)  # rank 0's init wins
         result = train(model, tiny_tokenizer(), EXAMPLES, output_dir=os.path.join(folder, "adapter"), **run)
-        torch.save({n: p.detach().clone() for n, p in model.named_trainable_parameters()},
+        torch.save({n: p.detach().cpu().clone() for n, p in model.named_trainable_parameters()},
                    os.path.join(folder, f"rank{rank}.pt"))
         with open(os.path.join(folder, f"rank{rank}.json"), "w") as f:
             json.dump(result.losses, f)
@@ -63,6 +69,10 @@ def _worker(rank: int, world: int, port: int, folder: str, overrides: dict) -> N
         dist.destroy_process_group()
 
 
+def _on_device(model):
+    return model.cuda() if BACKEND == "nccl" else model
+
+
 def _spawn(tmp_path, overrides=None, world: int = 2):
     import torch.multiprocessing as mp
 
@@ -71,9 +81,9 @@ def _spawn(tmp_path, overrides=None, world: int = 2):
 
 def _single(tmp_path):
     torch.set_num_threads(1)
-    model = reft(tiny_llama(), layers=(0, 1), positions="f1+l2", seed=0)
+    model = reft(_on_device(tiny_llama()), layers=(0, 1), positions="f1+l2", seed=0)
     result = train(model, tiny_tokenizer(), EXAMPLES, output_dir=tmp_path / "single", **RUN)
-    return {n: p.detach().clone() for n, p in model.named_trainable_parameters()}, result.losses
+    return {n: p.detach().cpu().clone() for n, p in model.named_trainable_parameters()}, result.losses
 
 
 def test_two_processes_train_the_single_process_adapter(tmp_path):
@@ -117,3 +127,33 @@ def test_shards_are_disjoint_and_cover_the_batch():
             parts = [shard(list(range(n)), r, world) for r in range(world)]
             assert [i for part in parts for i in part] == list(range(n))
             assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_torchrun_cli_writes_the_single_process_adapter(tmp_path):
+    """torchrun --nproc_per_node 2 -m minireft train == minireft train, on a tiny model folder."""
+    import subprocess
+    import sys
+
+    from minireft.cli import main
+
+    folder = tmp_path / "tiny"
+    tiny_llama().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
+    args = ["train", "--model", str(folder), "--data", str(data), "--layers", "0,1", "--rank", "2",
+            "--positions", "f1+l2", "--batch-size", "4", "--grad-accum", "2", "--epochs", "2",
+            "--lr", "2e-2", "--seed", "3", "--quiet", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(_free_port()), "-m", "minireft", *args,
+                           "--output", str(tmp_path / "two")],
+                          check=False, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("adapter saved to") == 1, done.stdout  # rank 0 alone prints
+    torch.set_num_threads(1)
+    assert main([*args, "--output", str(tmp_path / "one")]) == 0
+    _, two = load_adapter(tmp_path / "two")
+    _, one = load_adapter(tmp_path / "one")
+    err = max(float(abs(two[n] - one[n]).max()) for n in one)
+    assert err <= 1e-6, f"torchrun 2 processes vs 1: max |Δ| = {err:.2e}"

@@ -38,14 +38,15 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def init_from_env() -> bool:
+def init_from_env(cuda: bool | None = None) -> bool:
     """Start the default process group from torchrun's environment (WORLD_SIZE > 1, RANK,
-    LOCAL_RANK, MASTER_ADDR/PORT); nccl with cuda:LOCAL_RANK as the current device when CUDA
-    is there, else gloo. True if this call started it (the caller then ends it with
-    `destroy`); False when there is nothing to start or a group already runs."""
+    LOCAL_RANK, MASTER_ADDR/PORT): nccl with cuda:LOCAL_RANK as the current device when
+    training runs on CUDA (`cuda`; default: when CUDA is there), else gloo. True if this call
+    started it (the caller then ends it with `destroy`); False when there is nothing to start
+    or a group already runs."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
         return False
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() if cuda is None else cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl")
     else:

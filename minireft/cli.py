@@ -1,5 +1,5 @@
 """The `minireft` command: `minireft check --backend MODULE`, `minireft train`, `minireft generate`,
-`minireft demo`.
+`minireft demo`, `minireft convert --from/--to pyreft`.
 
 Each subcommand is a pair of small functions registered once, in SUBCOMMANDS:
 `_add_<name>(subparsers)` declares its arguments and returns its parser, and
@@ -558,12 +558,70 @@ def _eval_table(results: dict) -> str:
 
 # ---------------------------------------------------------------------------- registry
 
+# ---------------------------------------------------------------------------- convert
+
+
+def _add_convert(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "convert",
+        help="convert an adapter from or to pyreft 0.1.0's folder format",
+        description="--from pyreft SRC: read a folder written by pyreft's ReftModel.save (its "
+                    "config.json and intkey_*.bin files) and write a minireft adapter that edits "
+                    "the tokens pyreft edits (position_rule pyreft); pyreft does not record the "
+                    "positions, so pass them with --positions. --to pyreft SRC: write the minireft "
+                    "adapter SRC as a folder that pyreft.ReftModel.load reads. Needs torch.")
+    way = p.add_mutually_exclusive_group(required=True)
+    way.add_argument("--from", dest="source_format", choices=("pyreft",), help="SRC is a pyreft folder")
+    way.add_argument("--to", dest="target_format", choices=("pyreft",), help="write DST as a pyreft folder")
+    p.add_argument("source", metavar="SRC", help="the folder to convert")
+    p.add_argument("--output", required=True, metavar="DST", help="the folder to write")
+    p.add_argument("--positions", metavar="POS",
+                   help="with --from pyreft: the positions the adapter was trained with, e.g. f7+l7")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --from pyreft: replace a minireft adapter already at DST")
+    return p
+
+
+def _run_convert(args) -> int:
+    from minireft import io
+
+    try:
+        from minireft.pyreft import read_pyreft, write_pyreft
+
+        if args.source_format == "pyreft":
+            if args.positions is None:
+                raise ValueError("--positions is required with --from pyreft: pyreft's folder does not "
+                                 "record them; pass the ones it was trained with, e.g. --positions f7+l7")
+            io.check_output(args.output, overwrite=args.overwrite)
+            config, params = read_pyreft(args.source, args.positions)
+            io.save_adapter(args.output, config, params)
+        else:
+            if args.positions is not None or args.overwrite:
+                raise ValueError("--positions and --overwrite apply to --from pyreft only; --to pyreft "
+                                 "writes a new folder and takes the positions from SRC")
+            config, params = io.load_adapter(args.source)
+            write_pyreft(args.output, config, params)
+    except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
+        print(_one_line("convert", exc), file=sys.stderr)
+        return 2
+    groups = "tied" if config.tied else "untied"
+    print(f"wrote {args.output}: {config.intervention}, layers {list(config.layers)}, rank {config.rank}, "
+          f"{groups}, positions {config.positions}, position_rule {config.position_rule}")
+    if args.target_format == "pyreft":
+        rule = ("the same rule" if config.position_rule == "pyreft" else
+                "pyreft's rule, which differs from this adapter's for prompts shorter than 2p or 2s")
+        print(f"pyreft does not store positions: feed it {config.positions} (get_intervention_locations "
+              f"edits by {rule}); its loader rebuilds W and b in bfloat16", file=sys.stderr)
+    return 0
+
+
 SUBCOMMANDS = {
     "check": (_add_check, _run_check),
     "train": (_add_train, _run_train),
     "generate": (_add_generate, _run_generate),
     "demo": (_add_demo, _run_demo),
     "eval": (_add_eval, _run_eval),
+    "convert": (_add_convert, _run_convert),
 }
 
 

@@ -305,3 +305,39 @@ def test_the_pyreft_rule_is_pyrefts_locations_without_pads(n, positions, tied):
     locations = fixtures.pyreft_locations(n, positions, 1 if tied else 2, tied)
     real = [sorted({i - 1 for i in row if i > 0}) for row in locations]  # drop the pad (0), unshift
     assert real == ([pre + suf] if tied or not (p and s) else [pre, suf])
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_convert_from_and_to_pyreft_round_trips(tmp_path, capsys):
+    from minireft import cli
+
+    source = FIXTURES / "direft_untied"
+    assert cli.main(["convert", "--from", "pyreft", str(source), "--positions", "f1+l3",
+                     "--output", str(tmp_path / "adapter")]) == 0
+    assert "ortho_direft, layers [1, 2], rank 2, untied, positions f1+l3, position_rule pyreft" in capsys.readouterr().out
+    config, params = io.load_adapter(tmp_path / "adapter")
+    want_config, want = read_pyreft(source, "f1+l3")
+    assert config == want_config and all(np.array_equal(params[k], want[k]) for k in want)
+    assert cli.main(["convert", "--to", "pyreft", str(tmp_path / "adapter"), "--output", str(tmp_path / "back")]) == 0
+    assert "pyreft does not store positions: feed it f1+l3" in capsys.readouterr().err
+    again_config, again = read_pyreft(tmp_path / "back", "f1+l3")
+    assert again_config == config and all(np.array_equal(again[k], params[k]) for k in params)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--from", "pyreft", "FIX/loreft_tied", "--output", "OUT/a"], "--positions is required with --from pyreft"),
+    (["--from", "pyreft", "OUT/none", "--positions", "f1", "--output", "OUT/a"], "is not a folder"),
+    (["--from", "pyreft", "FIX/loreft_untied", "--positions", "f2", "--output", "OUT/a"], "has one side only"),
+    (["--to", "pyreft", "FIX/loreft_tied", "--output", "OUT/a"], "reft_config.json"),
+    (["--to", "pyreft", "OUT/none", "--positions", "f1", "--output", "OUT/a"], "apply to --from pyreft only"),
+])
+def test_convert_errors_are_one_line(argv, words, tmp_path, capsys):
+    from minireft import cli
+
+    argv = [a.replace("FIX", str(FIXTURES)).replace("OUT", str(tmp_path)) for a in argv]
+    assert cli.main(["convert", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minireft convert: ") and err.count("\n") == 1 and words in err, err
+    assert not (tmp_path / "a").exists()

@@ -341,3 +341,15 @@ def test_convert_errors_are_one_line(argv, words, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("minireft convert: ") and err.count("\n") == 1 and words in err, err
     assert not (tmp_path / "a").exists()
+
+
+def test_convert_without_torch_names_the_pip_command(monkeypatch, capsys, tmp_path):
+    import sys
+
+    from minireft import cli
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    assert cli.main(["convert", "--from", "pyreft", str(FIXTURES / "loreft_tied"), "--positions", "f3+l1",
+                     "--output", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs torch" in err and "pip install 'minireft[torch]'" in err, err

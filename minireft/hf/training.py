@@ -8,7 +8,11 @@ examples (completion tokens for "lm", examples for "classification"):
 
 Each micro-batch backpropagates (Σ_{i ∈ m} ℓ_i) / N with N counted before any forward,
 so the accumulated gradient equals one big batch's exactly (up to summation order),
-however the targets spread over the micro-batches.
+however the targets spread over the micro-batches. Logits are built only at the positions
+t − 1 whose token t is a target in some row of the micro-batch (the model's logits_to_keep,
+or the head's input sliced), never at every position. Under torch.distributed each rank
+takes a disjoint shard of every micro-batch and the gradients are summed across ranks
+(minireft.hf.distributed): the same N, the same gradient.
 
 The learning rate warms up linearly over w = ⌈warmup_ratio · T⌉ of the T optimizer steps,
 then decays linearly; optimizer step t = 1, …, T runs at

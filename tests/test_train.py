@@ -394,7 +394,8 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 
 def _cuda_syncs(fn) -> dict:
-    """{source line: count} of the synchronising CUDA calls fn() makes."""
+    """{"file:line": count} of the synchronising CUDA calls fn() makes (the Python line that
+    made each call: for a C++ op, the line that ran it)."""
     from collections import Counter
 
     with warnings.catch_warnings(record=True) as caught:
@@ -404,15 +405,15 @@ def _cuda_syncs(fn) -> dict:
             fn()
         finally:
             torch.cuda.set_sync_debug_mode(0)
-    return Counter(f"{w.filename.rsplit('/', 1)[-1]}:{w.lineno}" for w in caught
-                   if "synchroniz" in str(w.message))
+    return Counter(f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
 
 
 @needs_cuda
-def test_cuda_training_step_syncs_once_beyond_the_base_model():
-    """On CUDA a step of train() (2 micro-batches) reads the device once, for the non-finite
-    check, beyond what the base model's own forward + backward does (HF may check its mask):
-    runs of 8 and 4 steps differ by at most 4 x (1 + 2 x the base model's syncs)."""
+def test_cuda_training_step_reads_the_device_once():
+    """On CUDA a step of train() (2 micro-batches) makes one host sync of its own: the
+    non-finite check in minireft/hf/training.py. Counted as the difference between runs of 8
+    and 4 steps, per source line; the base model's own checks (transformers) and torch's
+    error check inside the retraction's SVD are reported, not counted as ours."""
     tok = tiny_tokenizer()
     examples = [{"prompt": f"q{i}", "completion": "ab"[i % 2] * (1 + i % 3)} for i in range(32)]
 
@@ -420,19 +421,12 @@ def test_cuda_training_step_syncs_once_beyond_the_base_model():
         train(reft(tiny_llama().cuda()), tok, examples, batch_size=2, grad_accum=2, max_steps=steps,
               epochs=1, **QUIET)
 
-    def base_step():
-        model = tiny_llama().cuda()
-        batch = collate(encode_examples(tok, examples[:2]), 0)
-        ids, mask = batch["input_ids"].cuda(), batch["attention_mask"].cuda()
-        embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
-        model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits.sum().backward()
-
     run(1)  # warm-up: CUDA context, pinned memory pools
-    base_step()
-    base = sum(_cuda_syncs(base_step).values())
     four, eight = _cuda_syncs(lambda: run(4)), _cuda_syncs(lambda: run(8))
-    per_step = (sum(eight.values()) - sum(four.values())) / 4
-    assert per_step <= 1 + 2 * base, f"{per_step} syncs per step (base model: {base}); 8 steps: {dict(eight)}"
+    per_step = {where: (eight[where] - four[where]) / 4 for where in set(eight) | set(four)}
+    ours = {w: n for w, n in per_step.items() if n and "minireft" in w and "stiefel.py" not in w}
+    assert sum(ours.values()) == 1 and all("training.py" in w for w in ours), (
+        f"minireft's host syncs per step: {ours}; all: {per_step}")
 
 
 def test_bf16_base_trains_float32_adapter():

@@ -424,7 +424,8 @@ def test_cuda_training_step_reads_the_device_once():
     run(1)  # warm-up: CUDA context, pinned memory pools
     four, eight = _cuda_syncs(lambda: run(4)), _cuda_syncs(lambda: run(8))
     per_step = {where: (eight[where] - four[where]) / 4 for where in set(eight) | set(four)}
-    ours = {w: n for w, n in per_step.items() if n and "minireft" in w and "stiefel.py" not in w}
+    ours = {w: n for w, n in per_step.items()
+            if n and ("/minireft/hf/" in w or "/minireft/torch/" in w) and "stiefel.py" not in w}
     assert sum(ours.values()) == 1 and all("training.py" in w for w in ours), (
         f"minireft's host syncs per step: {ours}; all: {per_step}")
 

@@ -205,7 +205,8 @@ def _orthogonal_weight(state: dict, prefix: str) -> np.ndarray:
     `{prefix}parametrizations.weight.original` and `.0.base`, as pyreft's forward sees it."""
     torch = _torch()
     original = state[f"{prefix}parametrizations.weight.original"]
-    layer = _rotate_layer(*original.shape, dtype=torch.float64 if original.dtype == np.float64 else torch.float32)
+    with torch.random.fork_rng(devices=[]):  # building the parametrization draws from torch's RNG
+        layer = _rotate_layer(*original.shape, dtype=torch.float64 if original.dtype == np.float64 else torch.float32)
     layer.load_state_dict({k[len(prefix):]: torch.from_numpy(v) for k, v in state.items() if k.startswith(prefix)})
     with torch.no_grad():
         return layer.weight.numpy().copy()
@@ -302,8 +303,12 @@ def _orthogonal_state(Q) -> dict:
     set the weight (right_inverse), then the base's first r columns to Q, as pyreft's
     LoreftIntervention.load_state_dict does."""
     torch = _torch()
-    layer = _rotate_layer(*Q.shape, dtype=Q.dtype)
-    with torch.no_grad():
+    # right_inverse completes Q to a square base with torch.randn; those columns do not reach the
+    # weight, but a fixed seed makes the files reproducible, and fork_rng leaves the caller's
+    # random stream untouched.
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        layer = _rotate_layer(*Q.shape, dtype=Q.dtype)
         layer.weight = Q
         layer.parametrizations.weight[0].base[:, : Q.shape[1]] = Q
         if not torch.equal(layer.weight, Q):

@@ -104,6 +104,18 @@ def test_written_state_dicts_have_pyreft_names_and_shapes(tmp_path):
             assert {k: (v.shape, v.dtype) for k, v in got.items()} == {k: (v.shape, v.dtype) for k, v in want.items()}
 
 
+def test_reading_and_writing_are_deterministic_and_leave_the_global_rng_alone(tmp_path):
+    torch.manual_seed(7)
+    expected_next = torch.rand(3)
+    torch.manual_seed(7)
+    config, params = read_pyreft(FIXTURES / "direft_untied", "f1+l3")
+    for out in ("a", "b"):
+        write_pyreft(tmp_path / out, config, params)
+    assert torch.equal(torch.rand(3), expected_next)
+    for f in sorted((tmp_path / "a").iterdir()):
+        assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes(), f.name
+
+
 # ---------------------------------------------------------------- bad input
 
 

@@ -284,16 +284,18 @@ def _enter_train_mode(model, gradient_checkpointing: bool = False) -> dict:
     """Interventions (and head) in train mode, the base model in eval mode (its dropout off).
     With gradient_checkpointing, ReftModel.gradient_checkpointing_enable(). Returns what
     `_restore_modes` needs to put every submodule's mode (and checkpointing) back."""
+    reft_model = getattr(model, "reft_model", model)
+    was_on = any(getattr(m, "gradient_checkpointing", False) is True for m in _base_model(model).modules())
+    if gradient_checkpointing:  # first: a model without checkpointing raises before any change
+        reft_model.gradient_checkpointing_enable()
     before = {m: m.training for m in model.modules()}
     model.train()
     _base_model(model).eval()
-    reft_model = getattr(model, "reft_model", model)
     if gradient_checkpointing:
-        reft_model.gradient_checkpointing_enable()
         for module in _base_model(model).modules():  # HF checkpoints a block in training mode only:
             if getattr(module, "gradient_checkpointing", False) is True:  # the block's own flag,
                 module.training = True  # not its submodules' (their dropout stays off)
-        return {**before, _CHECKPOINTING: reft_model}
+        return before if was_on else {**before, _CHECKPOINTING: reft_model}
     return before
 
 

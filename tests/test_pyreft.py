@@ -365,3 +365,29 @@ def test_convert_without_torch_names_the_pip_command(monkeypatch, capsys, tmp_pa
                      "--output", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs torch" in err and "pip install 'minireft[torch]'" in err, err
+
+
+@needs_pyreft
+def test_a_left_padded_batch_gives_every_row_pyrefts_logits():
+    """One minireft batch of left-padded prompts of 1..12 tokens; each row against pyreft's
+    forward on that prompt alone."""
+    spec = MANIFEST["loreft_untied"]
+    config, params = read_pyreft(FIXTURES / "loreft_untied", spec["positions"])
+    reft = fixtures.build_pyreft(tiny_model(), "loreft_untied", folder=FIXTURES / "loreft_untied")
+    prompts = [prompt(n, seed=200 + n) for n in PROMPT_LENGTHS]
+    width = max(PROMPT_LENGTHS)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, row in enumerate(prompts):
+        ids[b, width - row.shape[1]:], mask[b, width - row.shape[1]:] = row[0], 1
+    from minireft.hf.model import attach
+
+    ours = attach(tiny_model(), config)
+    with torch.no_grad():
+        for name, p in ours.interventions.named_parameters():
+            p.copy_(torch.from_numpy(params[name]))
+        logits = ours(input_ids=ids, attention_mask=mask).logits
+    worst = max(relative(logits[b:b + 1, width - row.shape[1]:], pyreft_logits(reft, row, spec["positions"], False))
+                for b, row in enumerate(prompts))
+    print(f"left-padded batch: max relative |Δlogits| {worst:.2e}")
+    assert worst <= RTOL

@@ -39,7 +39,11 @@ FIXTURES = {
 
 
 def import_pyreft():
-    """The pyreft package, importable without Hugging Face `datasets` (module docstring)."""
+    """The pyreft package, importable without Hugging Face `datasets` (module docstring). The
+    stand-in is removed from sys.modules again once pyreft holds it, so nothing else sees it."""
+    if "pyreft" in sys.modules:
+        return sys.modules["pyreft"]
+    stub = None
     try:
         import datasets  # noqa: F401
     except ImportError:
@@ -52,8 +56,11 @@ def import_pyreft():
         stub.Dataset = type("Dataset", (), {"__init__": unavailable, "from_dict": staticmethod(unavailable)})
         stub.load_dataset = unavailable
         sys.modules["datasets"] = stub
-    import pyreft
-
+    try:
+        import pyreft
+    finally:
+        if stub is not None and sys.modules.get("datasets") is stub:
+            del sys.modules["datasets"]
     return pyreft
 
 

@@ -12,7 +12,7 @@ A backend is a module, or any object, exposing the contract's functional names:
     stiefel.retract_qr(R, xi)                stiefel.orthonormality_error(R)
     optim.adamw_step(param, grad, state, *, lr, betas, eps, weight_decay) -> (param, state)
     optim.riemannian_adam_step(R, grad, state, *, lr, betas, eps, retraction) -> (R, state)
-    positions.intervention_positions(n, prefix, suffix) -> (list, list)
+    positions.intervention_positions(n, prefix, suffix, rule="paper") -> (list, list)   rule: "pyreft" too
     edit(h, attention_mask, prompt_lengths, config, params) -> h'          (B, L, d), the in-model edit
     edit_vjp(h, attention_mask, prompt_lengths, config, params, dout) -> (dh, {group: {param: grad}})
 

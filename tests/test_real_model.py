@@ -6,6 +6,12 @@
 (b) The paper's memorisation check: a rank-1 LoReFT at one position (the last prompt
     token) of one block makes the model reproduce a fixed 64-token passage exactly from a
     fixed prompt, and the saved adapter reproduces it again after a reload.
+(c) The defaults learn from 32 examples: `minireft train` with no tuning flags on the
+    made-up format task (minireft.demo.datasets.format_task, "Encode the word: cat" ->
+    "<<CAT|3>>") gives an adapter whose greedy generations are in the format (exactly
+    "<<" capitals "|" digits ">>", nothing more) on at least 7 of 8 held-out words; the base
+    model's are on none. (Spelling an unseen word in capitals is beyond a 135M model's
+    reliable reach: the exact string is reported, not required.)
 
 One model for the whole session (loading it is ~1 s from the cached float32 copy, ~20 s the
 first time, which converts the GGUF). Each test takes well under 2 minutes on 2 CPU cores.
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -173,3 +180,40 @@ def test_rank1_loreft_at_one_position_memorises_a_64_token_passage(smollm2, tmp_
         reloaded.detach()
     assert generated == target, (
         f"the reloaded adapter reproduces {memorise.recalled_prefix(generated, target)}/64 tokens")
+
+
+# ---------------------------------------------------------------------------- (c) the defaults
+
+
+def test_cli_defaults_learn_the_format_task_from_32_examples(smollm2, tmp_path):
+    from minireft.cli import main
+    from minireft.demo import datasets
+    from minireft.hf import evaluation
+    from minireft.hf.jsonl import write_jsonl
+    from minireft.hf.model import ReftModel
+
+    model, tokenizer = smollm2
+    train_rows = datasets.format_task("train", 32)
+    held_out = datasets.format_task("test", 8)
+    assert not {r["prompt"] for r in train_rows} & {r["prompt"] for r in held_out}
+    write_jsonl(tmp_path / "train.jsonl", train_rows)
+    out = tmp_path / "adapter"
+    rc = main(["train", "--model", "smollm2", "--data", str(tmp_path / "train.jsonl"), "--output", str(out),
+               "--quiet"])
+    assert rc == 0
+
+    def follows(generations):  # the format's shape: "<<" upper-case letters "|" digits ">>", nothing else
+        return [re.fullmatch(r"<<[A-Z]+\|\d+>>", evaluation.normalise(g)) is not None for g in generations]
+
+    reft = ReftModel.from_pretrained(model, out)  # the prompt format comes from the adapter
+    try:
+        chat = reft.prompt_format.chat_template
+        adapted = evaluation.evaluate_generation(reft, tokenizer, held_out)
+    finally:
+        reft.detach()
+    base = evaluation.evaluate_generation(model, tokenizer, held_out, chat_template=chat)
+    assert not any(follows(base["generations"])), f"the base model already writes the format: {base}"
+    hits = sum(follows(adapted["generations"]))
+    assert hits >= 7, (f"{hits}/8 held-out words come out in the format with the default settings:\n"
+                       + "\n".join(f"  {r['prompt']!r} -> {g!r} (exactly right: {r['completion']!r})"
+                                    for r, g in zip(held_out, adapted["generations"])))

@@ -350,10 +350,13 @@ def directional_fd_errors(f, args: dict, grads: dict, dout, name: str, n_dirs: i
 
     For random directions V of args[name]'s shape:
         fd = ⟨dout, (f(x + εV) − f(x − εV)) / 2ε⟩      an = ⟨grads[name], V⟩
-        error = |fd − an| / max(|fd|, |an|)
+        noise = 8 u · Σ|dout| (|f(x + εV)| + |f(x − εV)|) / 2ε     (u = 2⁻⁵³)
+        error = max(|fd − an| − noise, 0) / max(|fd|, |an|)        (0 when both are 0)
     Φ is affine in h, W, b (and W1, W2, b) and quadratic in R, and the central difference
-    of a quadratic is exact: the error is rounding alone, ~ u·|f| / (ε·|fd|) ≈ 1e-13 with
-    ε = 1e-2 · rms(x). Returns [(fd, an, error)] in float64.
+    of a quadratic is exact: |fd − an| is rounding alone, bounded by `noise`, ~1e-13·|fd|
+    with ε = 1e-2 · rms(x). Subtracting that bound matters only where the derivative is
+    exactly 0 (ConsReFT's dh when r = d: Φ(h) = Rᵀb ignores h), where fd is pure rounding
+    and a relative error would read 1. Returns [(fd, an, error)] in float64.
     """
     rng = np.random.default_rng([seed, n_dirs])
     x = args[name]
@@ -365,8 +368,9 @@ def directional_fd_errors(f, args: dict, grads: dict, dout, name: str, n_dirs: i
         minus = f(**(args | {name: x - eps * V}))
         fd = float(np.sum(dout * (plus - minus)) / (2 * eps))
         an = float(np.sum(grads[name] * V))
+        noise = 8 * 2.0**-53 * float(np.sum(np.abs(dout) * (np.abs(plus) + np.abs(minus)))) / (2 * eps)
         denom = max(abs(fd), abs(an))
-        out.append((fd, an, abs(fd - an) / denom if denom > 0 else 0.0))
+        out.append((fd, an, max(abs(fd - an) - noise, 0.0) / denom if denom > 0 else 0.0))
     return out
 
 

@@ -217,7 +217,7 @@ def test_bad_inputs_are_rejected_with_names_and_shapes(f, args, exc, match):
         f(*args)
 
 
-@pytest.mark.parametrize("name", ["project_tangent", *RETRACTIONS])
+@pytest.mark.parametrize("name", ["project_tangent", "retract_polar", "retract_qr"])
 def test_a_stack_of_R_is_each_matrix_on_its_own(name):
     """f(stack(R_k), stack(G_k)) = stack(f(R_k, G_k)), bit for bit: an optimizer steps every R
     of one shape as one stack, and must get what stepping them one by one gives."""

@@ -45,3 +45,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "smollm2" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module's tests, restored afterwards. Tiny matrices: extra
+    intra-op threads only spin against each other (and against other processes on a shared
+    runner, where a step then runs ~50x slower). Opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

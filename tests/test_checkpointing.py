@@ -19,17 +19,12 @@ from tiny_models import build
 from minireft.hf import training
 from minireft.hf.data import collate, encode_examples
 
-pytestmark = pytest.mark.filterwarnings("ignore:this run takes:UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:this run takes:UserWarning"),
+              pytest.mark.usefixtures("one_thread")]  # tests/conftest.py
 
 EXAMPLES = [{"prompt": f"question {i}?", "completion": "yes" if i % 2 else "no!"} for i in range(6)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _gradients(model, *, checkpointing: bool, dropout: float = 0.0) -> tuple[dict, int]:

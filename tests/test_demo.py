@@ -57,14 +57,6 @@ def _model(vocab_size: int):
     return LlamaForCausalLM(config).eval()
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.filterwarnings("ignore:this run takes:UserWarning")
 def test_run_demo_on_a_tiny_model(tmp_path, one_thread):
     from minireft.demo.demo import RESULTS_FILE, format_summary, label_accuracy, run_demo

@@ -26,12 +26,7 @@ PROMPTS = ["cat", "a longer prompt", "dog!", "x"]  # different lengths: batches 
 NEW = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture

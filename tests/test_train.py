@@ -102,17 +102,8 @@ def checksum(module) -> str:
 QUIET = {"progress": False}
 
 # Most runs here are a few steps on purpose; test_few_steps_warn_once checks the warning.
-pytestmark = pytest.mark.filterwarnings("ignore:this run takes:UserWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: extra intra-op threads only spin against each other (and against
-    other processes on a shared runner, where a step then runs ~50x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.filterwarnings("ignore:this run takes:UserWarning"),
+              pytest.mark.usefixtures("one_thread")]  # tests/conftest.py
 
 
 # ---------------------------------------------------------------------------- data

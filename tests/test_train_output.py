@@ -20,15 +20,10 @@ from minireft.hf.recipe import LOG_FILE, PLOT_FILE
 from minireft.hf.training import train
 
 QUIET = {"progress": False}
-pytestmark = pytest.mark.filterwarnings("ignore:this run takes:UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:this run takes:UserWarning"),
+              pytest.mark.usefixtures("one_thread")]  # tests/conftest.py
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def folder_bytes(path) -> dict:

@@ -277,7 +277,7 @@ def asdiv(split: str = "train", n: int | None = None, seed: int = 0) -> list[dic
 FORMAT_PROMPT = "Encode the word: {word}"
 
 # Common English words, 3 to 9 letters; the first 64 are "train", the last 32 "test" (disjoint).
-_FORMAT_WORDS = (
+_FORMAT_WORDS = (  # noqa: SIM905 (a word list reads best as prose)
     "cat dog sun tree book lamp river stone apple chair table house bird fish green cloud "
     "music paper glass plant water light bread horse mouse train ocean field smile dance "
     "garden window pencil rabbit orange yellow silver winter summer forest island candle "

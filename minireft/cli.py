@@ -33,7 +33,7 @@ def _add_check(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "check",
         help="run the conformance corpus against a backend",
-        description="Run every case of the conformance corpus (reference/cases) against a "
+        description="Run every case of the conformance corpus (shipped with minireft) against a "
                     "backend in float64 and float32, and print case, worst absolute and "
                     "relative error, tolerance and verdict. Exit status 1 when a case fails.",
     )
@@ -47,7 +47,8 @@ def _add_check(sub) -> argparse.ArgumentParser:
     p.add_argument("--xfail", metavar="FILE",
                    help="known gaps, one per line: CASE_GLOB [float32|float64]  # reason; "
                         "a listed case that fails is XFAIL and does not fail the run")
-    p.add_argument("--cases", metavar="DIR", help="the corpus folder (default: reference/cases)")
+    p.add_argument("--cases", metavar="DIR",
+                   help="the corpus folder (default: the one installed with minireft, else reference/cases)")
     p.add_argument("--adapter", choices=("auto", "numpy", "torch"), default="auto",
                    help="how arrays reach the backend (default: the backend's to_backend / "
                         "to_numpy, else torch tensors if it uses torch, else NumPy arrays)")

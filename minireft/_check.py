@@ -68,6 +68,15 @@ def positive_int(name: str, value) -> int:
     return int(value)
 
 
+def sizes(d, r) -> tuple[int, int]:
+    """The hidden size d and rank r of an init, as ints with 1 <= r <= d."""
+    d = positive_int("d", d)
+    r = positive_int("r", r)
+    if r > d:
+        raise ValueError(f"rank r={r} is greater than hidden size d={d}; need 1 <= r <= d")
+    return d, r
+
+
 def intervention(h, **params) -> int:
     """Check h (..., d) against an intervention's parameters, given in order as one or more
     (r, d) matrices then b (r,) (LoReFT R, W, b; DiReFT W1, W2, b; ConsReFT R, b); all

@@ -68,10 +68,7 @@ def init(d: int, r: int, rng: np.random.Generator, kind: str = "paper", dtype=np
     "paper": R random orthonormal; b ~ U(0, 1), as pyreft's ConsreftIntervention
              (torch.rand(r)). "identity" is refused: no (R, b) makes Φ the identity.
     """
-    d = _check.positive_int("d", d)
-    r = _check.positive_int("r", r)
-    if r > d:
-        raise ValueError(f"rank r={r} is greater than hidden size d={d}; need 1 <= r <= d")
+    d, r = _check.sizes(d, r)
     if kind == "identity":
         raise ValueError(NO_IDENTITY)
     if kind != "paper":

@@ -59,10 +59,7 @@ def init(d: int, r: int, rng: np.random.Generator, kind: str = "paper", dtype=np
     "identity": W1 = 0, b = 0, W2 random orthonormal, so Φ(h) = h exactly while
                 dW1 = Aᵀ H stays nonzero and training can leave the start.
     """
-    d = _check.positive_int("d", d)
-    r = _check.positive_int("r", r)
-    if r > d:
-        raise ValueError(f"rank r={r} is greater than hidden size d={d}; need 1 <= r <= d")
+    d, r = _check.sizes(d, r)
     W2 = random_stiefel(r, d, rng)  # (r, d)
     if kind == "paper":
         bound = 1.0 / np.sqrt(d)

@@ -62,10 +62,7 @@ def init(d: int, r: int, rng: np.random.Generator, kind: str = "paper", dtype=np
     "identity": R random orthonormal; b = 0, so Φ(h) = h + 0 = h exactly, while
                 db = R Σ_rows G stays nonzero.
     """
-    d = _check.positive_int("d", d)
-    r = _check.positive_int("r", r)
-    if r > d:
-        raise ValueError(f"rank r={r} is greater than hidden size d={d}; need 1 <= r <= d")
+    d, r = _check.sizes(d, r)
     R = random_stiefel(r, d, rng)  # (r, d), float64
     if kind == "paper":
         b = rng.uniform(0.0, 1.0, size=(r,))

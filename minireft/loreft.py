@@ -66,10 +66,7 @@ def init(d: int, r: int, rng: np.random.Generator, kind: str = "paper", dtype=np
     "paper":    R random orthonormal; W, b ~ U(−1/√d, 1/√d), as torch.nn.Linear(d, r).
     "identity": R random orthonormal; W = R; b = 0, so Φ(h) = h exactly.
     """
-    d = _check.positive_int("d", d)
-    r = _check.positive_int("r", r)
-    if r > d:
-        raise ValueError(f"rank r={r} is greater than hidden size d={d}; need 1 <= r <= d")
+    d, r = _check.sizes(d, r)
     R = random_stiefel(r, d, rng)  # (r, d), float64
     if kind == "paper":
         bound = 1.0 / np.sqrt(d)

@@ -67,10 +67,7 @@ def init(d: int, r: int, rng: np.random.Generator, kind: str = "paper", dtype=np
     "identity": W2 ~ U(−1/√d, 1/√d); W1 = W2; b = 0, so Δ = H W2ᵀ − H W2ᵀ = 0 and
                 Φ(h) = h exactly, while dW1 = Aᵀ H stays nonzero.
     """
-    d = _check.positive_int("d", d)
-    r = _check.positive_int("r", r)
-    if r > d:
-        raise ValueError(f"rank r={r} is greater than hidden size d={d}; need 1 <= r <= d")
+    d, r = _check.sizes(d, r)
     bound = 1.0 / np.sqrt(d)
     W2 = rng.uniform(-bound, bound, size=(r, d))
     if kind == "paper":

@@ -63,10 +63,7 @@ def init(d: int, r: int, rng: np.random.Generator, kind: str = "paper", dtype=np
     "identity": R random orthonormal; W = 0; b = 0, so Z = 0 and Φ(h) = h exactly, while
                 dW = Aᵀ H stays nonzero.
     """
-    d = _check.positive_int("d", d)
-    r = _check.positive_int("r", r)
-    if r > d:
-        raise ValueError(f"rank r={r} is greater than hidden size d={d}; need 1 <= r <= d")
+    d, r = _check.sizes(d, r)
     R = random_stiefel(r, d, rng)  # (r, d), float64
     if kind == "paper":
         bound = 1.0 / np.sqrt(d)

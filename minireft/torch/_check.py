@@ -44,6 +44,12 @@ def low_rank(name: str, R: torch.Tensor) -> tuple[int, int]:
     return r, d
 
 
+def sizes(d: int, r: int) -> None:
+    """An init's hidden size d and rank r must satisfy 1 <= r <= d."""
+    if r < 1 or d < 1 or r > d:
+        raise ValueError(f"rank r={r} must satisfy 1 <= r <= hidden size d={d}")
+
+
 def hidden(name: str, h: torch.Tensor, d: int) -> None:
     if h.shape[-1] != d:
         raise ValueError(f"{name} must have shape (..., {d}) to match the hidden size, got {tuple(h.shape)}")

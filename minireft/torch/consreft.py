@@ -50,8 +50,7 @@ def apply(h, R, b):
 
 def init(d: int, r: int, rng: torch.Generator | None = None, kind: str = "paper", dtype=torch.float32) -> dict:
     """{R, b}: "paper" (R orthonormal, b ~ U(0, 1)); "identity" is refused (no (R, b) gives it)."""
-    if r < 1 or d < 1 or r > d:
-        raise ValueError(f"rank r={r} must satisfy 1 <= r <= hidden size d={d}")
+    _check.sizes(d, r)
     if kind == "identity":
         raise ValueError(NO_IDENTITY)
     if kind != "paper":

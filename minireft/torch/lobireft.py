@@ -43,8 +43,7 @@ def apply(h, R, b):
 
 def init(d: int, r: int, rng: torch.Generator | None = None, kind: str = "paper", dtype=torch.float32) -> dict:
     """{R, b}: "paper" (R orthonormal, b ~ U(0, 1)) or "identity" (b = 0)."""
-    if r < 1 or d < 1 or r > d:
-        raise ValueError(f"rank r={r} must satisfy 1 <= r <= hidden size d={d}")
+    _check.sizes(d, r)
     R = random_stiefel(r, d, rng, dtype=torch.float64)
     if kind == "paper":
         b = torch.rand(r, generator=rng, dtype=torch.float64)

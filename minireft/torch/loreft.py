@@ -55,8 +55,7 @@ def apply(h, R, W, b):
 
 def init(d: int, r: int, rng: torch.Generator | None = None, kind: str = "paper", dtype=torch.float32) -> dict:
     """{R, W, b}: "paper" (W, b ~ U(−1/√d, 1/√d)) or "identity" (W = R, b = 0)."""
-    if r < 1 or d < 1 or r > d:
-        raise ValueError(f"rank r={r} must satisfy 1 <= r <= hidden size d={d}")
+    _check.sizes(d, r)
     R = random_stiefel(r, d, rng, dtype=torch.float64)
     if kind == "paper":
         bound = 1.0 / math.sqrt(d)

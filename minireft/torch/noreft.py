@@ -51,8 +51,7 @@ def apply(h, W1, W2, b):
 
 def init(d: int, r: int, rng: torch.Generator | None = None, kind: str = "paper", dtype=torch.float32) -> dict:
     """{W1, W2, b}: "paper" (W2, W1, b ~ U(−1/√d, 1/√d)) or "identity" (W1 = W2, b = 0)."""
-    if r < 1 or d < 1 or r > d:
-        raise ValueError(f"rank r={r} must satisfy 1 <= r <= hidden size d={d}")
+    _check.sizes(d, r)
     bound = 1.0 / math.sqrt(d)
     W2 = torch.rand(r, d, generator=rng, dtype=torch.float64) * (2 * bound) - bound
     if kind == "paper":

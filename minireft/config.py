@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 
 from minireft import consreft, direft, lobireft, loreft, noreft, ortho_direft
@@ -14,6 +15,9 @@ INTERVENTIONS = {"loreft": loreft.PARAMS, "direft": direft.PARAMS, "noreft": nor
                  "ortho_direft": ortho_direft.PARAMS}  # a param named "R" lives on St(r, d)
 INITS = ("paper", "identity")
 DTYPES = ("float32", "float64")
+COMPONENTS = ("block_output", "attention_output", "mlp_output")
+# Any other component is a dotted path inside the block ("mlp.down_proj", "output.dense").
+_SUBMODULE_PATH = re.compile(r"^[A-Za-z_]\w*(\.\w+)*$")
 
 
 @dataclass(frozen=True)
@@ -21,7 +25,7 @@ class ReftConfig:
     """One intervention per (layer, group); groups are ("tied",) or the untied
     subset of ("prefix", "suffix") that the positions use.
 
-    layers:       0-based indices of the transformer blocks whose output is edited
+    layers:       0-based indices of the transformer blocks edited (where in each: component)
     rank:         r, the subspace dimension (1 <= r <= hidden size)
     positions:    "f{p}+l{s}", "f{p}" or "l{s}": the first p and last s prompt tokens
     tied:         one intervention shared by prefix and suffix positions (True), or one each
@@ -34,6 +38,11 @@ class ReftConfig:
     module_path:  dotted path of the nn.ModuleList of blocks, when it cannot be found alone
     position_rule: how a short prompt clamps p and s: "paper" (default) or "pyreft" (as pyreft
                   0.1.0 edits; minireft.positions); to_dict omits it when "paper"
+    component:    whose output hidden state is edited in each block: "block_output" (default,
+                  the residual stream), "attention_output" or "mlp_output" (the output of the
+                  block's attention or MLP submodule, minireft.hf.blocks.find_component), or a
+                  dotted path of a submodule inside the block ("mlp.down_proj"); to_dict omits
+                  it when "block_output"
     """
 
     layers: tuple[int, ...]
@@ -46,6 +55,7 @@ class ReftConfig:
     dtype: str = "float32"
     module_path: str | None = field(default=None)
     position_rule: str = "paper"
+    component: str = "block_output"
 
     def __post_init__(self):
         layers = (self.layers,) if isinstance(self.layers, int) else self.layers
@@ -80,6 +90,10 @@ class ReftConfig:
             raise TypeError(f"module_path must be a dotted string such as 'model.layers', got {self.module_path!r}")
         if self.position_rule not in RULES:
             raise ValueError(f"position_rule must be one of {list(RULES)}, got {self.position_rule!r}")
+        if not isinstance(self.component, str) or not (
+                self.component in COMPONENTS or _SUBMODULE_PATH.match(self.component)):
+            raise ValueError(f"component must be one of {list(COMPONENTS)} or the dotted path of a submodule "
+                             f"inside the block such as 'mlp.down_proj', got {self.component!r}")
 
     @property
     def prefix_suffix(self) -> tuple[int, int]:
@@ -117,6 +131,8 @@ class ReftConfig:
             # The default is left out so that adapters and corpus cases written before the
             # option existed keep their bytes, and older readers still read new "paper" ones.
             del out["position_rule"]
+        if out["component"] == "block_output":
+            del out["component"]  # likewise: the block output is what every adapter edited before
         return out
 
     @classmethod

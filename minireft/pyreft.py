@@ -8,6 +8,11 @@ A pyreft folder (written by pyreft.ReftModel.save, i.e. pyvene 0.1.8's Intervena
                                  key = "layer_{layer}_comp_{component}_unit_{unit}_nunit_{nunit}#{k}"
                                  and k counts the earlier representations with the same layer
 
+Components: pyvene's "block_output", "attention_output" and "mlp_output" are minireft's
+ReftConfig.component of the same name (pyvene hooks the block, its self_attn / attn, its mlp:
+the modules minireft.hf.blocks.find_component finds); one component per adapter. A minireft
+component given as a path inside the block has no pyvene name and is not written.
+
 Interventions and groups: one per layer is minireft's tied (its one parameter set edits the
 prefix and the suffix positions, as pyreft's share_weights); two per layer are untied, #0 the
 prefix and #1 the suffix (pyreft's `layers += layers`: every layer's prefix intervention, then
@@ -50,7 +55,7 @@ from minireft import io
 from minireft.config import ReftConfig
 
 CONFIG_FILE = "config.json"
-COMPONENT = "block_output"  # minireft edits the block output (SPEC §6)
+COMPONENTS = ("block_output", "attention_output", "mlp_output")  # pyvene's names = ReftConfig.component
 KINDS = {  # pyreft class -> minireft intervention
     "LoreftIntervention": "loreft",
     "DireftIntervention": "ortho_direft",
@@ -77,9 +82,9 @@ def _torch():
     return torch
 
 
-def intervention_key(layer: int, k: int) -> str:
-    """pyvene 0.1.8's key of the k-th block_output intervention at `layer` (0-based k)."""
-    return f"layer_{layer}_comp_{COMPONENT}_unit_pos_nunit_1#{k}"
+def intervention_key(layer: int, k: int, component: str = "block_output") -> str:
+    """pyvene 0.1.8's key of the k-th `component` intervention at `layer` (0-based k)."""
+    return f"layer_{layer}_comp_{component}_unit_pos_nunit_1#{k}"
 
 
 # ----------------------------------------------------------------------------- reading
@@ -88,7 +93,7 @@ def intervention_key(layer: int, k: int) -> str:
 def read_pyreft(folder, positions: str) -> tuple[ReftConfig, dict[str, np.ndarray]]:
     """(ReftConfig, {"{layer}.{group}.{param}": array}) of the pyreft folder, for the positions
     ("f7+l7") it was trained with (pyreft does not record them). position_rule is "pyreft";
-    dtype float32 (float64 when every tensor is), init "paper", dropout 0."""
+    dtype float32 (float64 when every tensor is), init "paper", dropout 0; component as recorded."""
     folder = Path(folder)
     meta = _read_config(folder)
     reps, kinds = meta["representations"], meta["intervention_types"]
@@ -97,11 +102,17 @@ def read_pyreft(folder, positions: str) -> tuple[ReftConfig, dict[str, np.ndarra
                           f"intervention_types; expected as many of each, at least one")
     seen: dict[int, int] = {}
     entries = []  # (layer, k, kind, rank, state dict)
+    components = set()
     for i, (rep, type_string) in enumerate(zip(reps, kinds)):
-        layer, rank = _check_representation(folder, i, rep)
+        layer, rank, component = _check_representation(folder, i, rep)
         kind = _kind(folder, i, type_string)
         k = seen[layer] = seen.get(layer, -1) + 1
-        entries.append((layer, k, kind, rank, _load_bin(folder / f"intkey_{intervention_key(layer, k)}.bin")))
+        components.add(component)
+        entries.append((layer, k, kind, rank,
+                        _load_bin(folder / f"intkey_{intervention_key(layer, k, component)}.bin")))
+    if len(components) != 1:
+        raise PyreftError(f"{folder}: interventions on several components {sorted(components)}; a minireft "
+                          f"adapter edits one component")
     kind = {e[2] for e in entries}
     if len(kind) != 1:
         raise PyreftError(f"{folder}: interventions of several types {sorted(kind)}; a minireft adapter "
@@ -111,11 +122,11 @@ def read_pyreft(folder, positions: str) -> tuple[ReftConfig, dict[str, np.ndarra
         raise PyreftError(f"{folder}: layers hold {sorted(c + 1 for c in seen.values())} interventions; "
                           f"expected 1 per layer (tied) or 2 (untied: #0 prefix, #1 suffix) for every layer")
     tied = counts == {0}
-    config = _config(folder, sorted(seen), {e[3] for e in entries}, positions, tied, kind.pop())
+    config = _config(folder, sorted(seen), {e[3] for e in entries}, positions, tied, kind.pop(), components.pop())
     groups = config.groups if not tied else ("tied",)
     params = {}
     for layer, k, kind, _, state in entries:
-        for name, value in _params_of(kind, state, folder, layer, k).items():
+        for name, value in _params_of(kind, state, folder, layer, k, config.component).items():
             params[f"{layer}.{groups[k]}.{name}"] = value
     dtype = np.float64 if all(v.dtype == np.float64 for v in params.values()) else np.float32
     params = {k: v.astype(dtype) for k, v in sorted(params.items())}
@@ -143,14 +154,15 @@ def _read_config(folder: Path) -> dict:
     return meta
 
 
-def _check_representation(folder: Path, i: int, rep) -> tuple[int, int]:
-    """(layer, rank) of representation i: [layer, component, unit, nunit, rank, …, link key (9th), …]."""
+def _check_representation(folder: Path, i: int, rep) -> tuple[int, int, str]:
+    """(layer, rank, component) of representation i: [layer, component, unit, nunit, rank, …,
+    link key (9th), …]."""
     where = f"{folder / CONFIG_FILE}: representations[{i}]"
     if not isinstance(rep, list) or len(rep) < 5:
         raise PyreftError(f"{where} = {rep!r} is not [layer, component, unit, nunit, rank, …]")
     layer, component, unit, nunit, rank = rep[:5]
-    if component != COMPONENT:
-        raise PyreftError(f"{where} edits {component!r}; minireft converts {COMPONENT!r} interventions only")
+    if component not in COMPONENTS:
+        raise PyreftError(f"{where} edits {component!r}; minireft converts {list(COMPONENTS)} interventions only")
     if unit != "pos" or nunit != 1:
         raise PyreftError(f"{where} has unit {unit!r}, nunit {nunit!r}; minireft converts unit 'pos', nunit 1")
     if len(rep) > 9 and rep[9] is not None:
@@ -158,7 +170,7 @@ def _check_representation(folder: Path, i: int, rep) -> tuple[int, int]:
     for name, value in (("layer", layer), ("low_rank_dimension", rank)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise PyreftError(f"{where} has {name} {value!r}; expected a non-negative integer")
-    return layer, rank
+    return layer, rank, component
 
 
 def _kind(folder: Path, i: int, type_string) -> str:
@@ -186,12 +198,12 @@ def _load_bin(path: Path) -> dict[str, np.ndarray]:
             for k, v in state.items() if v.is_floating_point()}
 
 
-def _config(folder, layers, ranks, positions, tied, kind) -> ReftConfig:
+def _config(folder, layers, ranks, positions, tied, kind, component) -> ReftConfig:
     if len(ranks) != 1:
         raise PyreftError(f"{folder}: interventions of ranks {sorted(ranks)}; a minireft adapter has one rank")
     try:
         config = ReftConfig(layers=tuple(layers), rank=ranks.pop(), positions=positions, tied=tied,
-                            intervention=kind)
+                            intervention=kind, component=component)
     except (TypeError, ValueError) as e:
         raise PyreftError(f"positions: {e}") from None
     if not tied and len(config.groups) != 2:
@@ -212,7 +224,7 @@ def _orthogonal_weight(state: dict, prefix: str) -> np.ndarray:
         return layer.weight.numpy().copy()
 
 
-def _params_of(kind: str, state: dict, folder: Path, layer: int, k: int) -> dict[str, np.ndarray]:
+def _params_of(kind: str, state: dict, folder: Path, layer: int, k: int, component: str) -> dict[str, np.ndarray]:
     try:
         if kind == "loreft":
             return {"R": state["rotate_layer"].T, "W": state["weight"], "b": state["bias"]}
@@ -228,7 +240,7 @@ def _params_of(kind: str, state: dict, folder: Path, layer: int, k: int) -> dict
         return {"W1": state["learned_source.weight"], "W2": state["proj_layer.weight"],
                 "b": state["learned_source.bias"] - b2}
     except KeyError as e:
-        raise PyreftError(f"{folder / ('intkey_' + intervention_key(layer, k) + '.bin')} has no tensor {e} "
+        raise PyreftError(f"{folder / ('intkey_' + intervention_key(layer, k, component) + '.bin')} has no tensor {e} "
                           f"(it holds {sorted(state)}); expected pyreft's {CLASSES[kind]} state dict") from None
 
 
@@ -247,6 +259,9 @@ def write_pyreft(folder, config: ReftConfig, params: dict) -> Path:
         raise PyreftError(f"intervention {config.intervention!r} cannot be written for pyreft: pyreft 0.1.0's "
                           f"loader cannot rebuild {CLASSES[config.intervention]} (it needs add_bias, which "
                           f"its config.json does not keep); writable: {list(WRITABLE)}")
+    if config.component not in COMPONENTS:
+        raise PyreftError(f"component {config.component!r} cannot be written for pyreft: pyvene names "
+                          f"{list(COMPONENTS)} only, not a path inside the block")
     d = io.check_params(config, params)
     if folder.is_file() or (folder.is_dir() and any(folder.iterdir())):
         raise FileExistsError(f"{folder} exists and is not empty; choose a new folder for the pyreft copy")
@@ -255,7 +270,7 @@ def write_pyreft(folder, config: ReftConfig, params: dict) -> Path:
     keys, states = [], {}
     for layer, group in order:
         k = config.groups.index(group)
-        keys.append(intervention_key(layer, k))
+        keys.append(intervention_key(layer, k, config.component))
         tensors = {p: torch.from_numpy(np.asarray(params[f"{layer}.{group}.{p}"], dtype=np.float32).copy())
                    for p in config.param_names}
         states[keys[-1]] = _state_of(config.intervention, tensors, d)
@@ -264,7 +279,7 @@ def write_pyreft(folder, config: ReftConfig, params: dict) -> Path:
         "intervention_dimensions": [d] * len(order),
         "intervention_types": [f"<class 'pyreft.interventions.{CLASSES[config.intervention]}'>"] * len(order),
         "mode": "parallel",
-        "representations": [[layer, COMPONENT, "pos", 1, config.rank] + [None] * 9 for layer, _ in order],
+        "representations": [[layer, config.component, "pos", 1, config.rank] + [None] * 9 for layer, _ in order],
         "sorted_keys": keys,
     }
     staging = io.staging_dir(folder)

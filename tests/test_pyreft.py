@@ -163,9 +163,9 @@ def test_an_unknown_intervention_or_component_is_refused(tmp_path):
     with pytest.raises(PyreftError, match=r"intervention_types\[0\] = .*VanillaIntervention.*; minireft converts"):
         read_pyreft(folder, "f3+l1")
     meta["intervention_types"][0] = meta["intervention_types"][1]
-    meta["representations"][0][1] = "mlp_output"
+    meta["representations"][0][1] = "mlp_input"  # a pyvene component minireft has no counterpart for
     (folder / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(PyreftError, match=r"representations\[0\] edits 'mlp_output'"):
+    with pytest.raises(PyreftError, match=r"representations\[0\] edits 'mlp_input'"):
         read_pyreft(folder, "f3+l1")
 
 

@@ -2,7 +2,8 @@
 
     blocks      finding a model's transformer blocks and hidden size (no per-model table)
     model       attach(model, config) -> ReftModel: hooks (minireft.torch.edit), forward,
-                generate, save, load
+                generate, save, load; several named adapters (add/load/set/delete_adapter)
+                and per-row adapter_names in one batch
     data        examples -> token ids and labels; batches
     recipe      train()'s defaults, in one place the CLI reads without torch
     training    train(), evaluate(): staged saving, nothing lost on failure

@@ -82,6 +82,22 @@ def test_mixed_batch_logits_equal_each_row_alone(name):
                 assert (alone.logits[0] - bare[b]).abs().max().item() > 1e-3, f"adapter {adapter} must edit"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_mixed_batch_on_cuda_equals_each_row_alone():
+    reft = _mixed().cuda()
+    ids, mask = (t.cuda() for t in tiny.random_ids(LENGTHS, side="left", seed=14))
+    with torch.no_grad():
+        batch = reft(input_ids=ids, attention_mask=mask, adapter_names=NAMES).logits
+        tokens = reft.generate(ids, attention_mask=mask, adapter_names=NAMES, **GREEDY)[:, -NEW:]
+        for b, adapter in enumerate(NAMES):
+            row_ids, row_mask = tiny.row_alone(ids, mask, b)
+            alone = _alone(reft, adapter, lambda m, i=row_ids, k=row_mask: m(input_ids=i, attention_mask=k))
+            err = (batch[b, -row_ids.shape[1]:] - alone.logits[0]).abs().max().item()
+            assert err <= 1e-5, f"row {b} ({adapter}): {err:.3e}"  # CUDA kernels vary with the batch
+            gen = _alone(reft, adapter, lambda m, i=row_ids, k=row_mask: m.generate(i, attention_mask=k, **GREEDY))
+            assert torch.equal(tokens[b], gen[0, -NEW:]), f"row {b} ({adapter})"
+
+
 def test_mixed_batch_with_prompt_lengths_and_right_padding_equals_each_row_alone():
     reft = _mixed()
     ids, mask = tiny.random_ids(LENGTHS, side="right", seed=2)

@@ -122,7 +122,7 @@ def _run_stopped(exc: BaseException) -> bool:
 
 
 def _add_train(sub) -> argparse.ArgumentParser:
-    from minireft.config import INITS, INTERVENTIONS, ReftConfig
+    from minireft.config import COMPONENTS, INITS, INTERVENTIONS, ReftConfig
     from minireft.hf.recipe import LAYER_FRACTIONS, LOG_FILE, PLOT_FILE, TRAIN, default_layers
 
     reft_default = {f.name: f.default for f in dataclasses.fields(ReftConfig)}
@@ -160,6 +160,9 @@ def _add_train(sub) -> argparse.ArgumentParser:
     g.add_argument("--init", choices=INITS, default=reft_default["init"], help="(default %(default)s)")
     g.add_argument("--dropout", type=float, default=reft_default["dropout"],
                    help="dropout on the edit (default %(default)s)")
+    g.add_argument("--component", choices=COMPONENTS, default=reft_default["component"],
+                   help="whose output is edited in each block: the block's, or its attention or MLP "
+                        "submodule's (default %(default)s)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=TRAIN.epochs,
                    help="passes over the data (default: enough for at least --min-steps optimizer steps)")
@@ -249,7 +252,8 @@ def _reft_config(args, num_layers: int | None):
     else:
         return None
     return ReftConfig(layers=layers, rank=args.rank, positions=args.positions, tied=args.tied,
-                      intervention=args.intervention, init=args.init, dropout=args.dropout)
+                      intervention=args.intervention, init=args.init, dropout=args.dropout,
+                      component=args.component)
 
 
 def _dims_of(model) -> tuple[int, int]:
@@ -607,7 +611,8 @@ def _run_convert(args) -> int:
         return 2
     groups = "tied" if config.tied else "untied"
     print(f"wrote {args.output}: {config.intervention}, layers {list(config.layers)}, rank {config.rank}, "
-          f"{groups}, positions {config.positions}, position_rule {config.position_rule}")
+          f"{groups}, positions {config.positions}, position_rule {config.position_rule}"
+          + (f", component {config.component}" if config.component != "block_output" else ""))
     if args.target_format == "pyreft":
         rule = ("the same rule" if config.position_rule == "pyreft" else
                 "pyreft's rule, which differs from this adapter's for prompts shorter than 2p or 2s")

@@ -101,18 +101,17 @@ def read_pyreft(folder, positions: str) -> tuple[ReftConfig, dict[str, np.ndarra
         raise PyreftError(f"{folder / CONFIG_FILE}: {len(reps)} representations but {len(kinds)} "
                           f"intervention_types; expected as many of each, at least one")
     seen: dict[int, int] = {}
-    entries = []  # (layer, k, kind, rank, state dict)
-    components = set()
-    for i, (rep, type_string) in enumerate(zip(reps, kinds)):
-        layer, rank, component = _check_representation(folder, i, rep)
-        kind = _kind(folder, i, type_string)
-        k = seen[layer] = seen.get(layer, -1) + 1
-        components.add(component)
-        entries.append((layer, k, kind, rank,
-                        _load_bin(folder / f"intkey_{intervention_key(layer, k, component)}.bin")))
+    checked = [_check_representation(folder, i, rep) for i, rep in enumerate(reps)]  # (layer, rank, component)
+    components = {component for _, _, component in checked}
     if len(components) != 1:
         raise PyreftError(f"{folder}: interventions on several components {sorted(components)}; a minireft "
                           f"adapter edits one component")
+    entries = []  # (layer, k, kind, rank, state dict)
+    for i, ((layer, rank, component), type_string) in enumerate(zip(checked, kinds)):
+        kind = _kind(folder, i, type_string)
+        k = seen[layer] = seen.get(layer, -1) + 1
+        entries.append((layer, k, kind, rank,
+                        _load_bin(folder / f"intkey_{intervention_key(layer, k, component)}.bin")))
     kind = {e[2] for e in entries}
     if len(kind) != 1:
         raise PyreftError(f"{folder}: interventions of several types {sorted(kind)}; a minireft adapter "

@@ -1,7 +1,9 @@
 """Attach ReFT interventions to any Hugging Face model: `attach(model, config) -> ReftModel`.
 
 Where: the residual stream at the output of transformer block ℓ, for every ℓ in
-config.layers. A forward hook on block ℓ replaces its output hidden state H (B, L, d) by
+config.layers (or, by config.component, the output of block ℓ's attention or MLP submodule:
+minireft.hf.blocks.find_component). A forward hook on that module replaces its output hidden
+state H (B, L, d) by
 
     H'[b, t] = Φ_g(H[b, t])   if t is an edited position of group g in row b
     H'[b, t] = H[b, t]        otherwise
@@ -58,7 +60,13 @@ from torch import nn
 
 from minireft import io
 from minireft.config import ReftConfig
-from minireft.hf.blocks import _check_layers, _device_of, find_blocks, hidden_size_of
+from minireft.hf.blocks import (
+    _check_layers,
+    _device_of,
+    find_blocks,
+    find_component,
+    hidden_size_of,
+)
 from minireft.hf.prompt_format import PromptFormat, read_prompt_format, template_mismatch
 from minireft.torch.edit import EditPlan, apply_plans
 from minireft.torch.modules import Intervention
@@ -338,7 +346,7 @@ class ReftModel(nn.Module):
         hook per (layer, module) serves every adapter that edits it."""
         targets = []
         for layer in config.layers:
-            module = blocks[layer]
+            module = find_component(blocks[layer], config.component)  # the block, or its attention/MLP
             targets.append(((layer, module), layer))
         return targets
 

@@ -126,6 +126,40 @@ def test_choice_scores_equal_summed_log_softmax_by_hand(tokenizer, with_adapter)
     assert got["accuracy"] == pytest.approx(sum(p == a for p, a in zip(predictions, answers)) / 3)
 
 
+@torch.no_grad()
+def test_scoring_builds_logits_only_where_a_target_follows(tokenizer):
+    # The lm_head makes logits only at columns whose next token is scored, and the scores are
+    # those of full logits by hand; the same when the model has no logits_to_keep (a hook cuts
+    # the head's input instead).
+    model = tiny_llama()
+    widths = []  # positions of the logits the head makes, per call
+    record = lambda m, args, out: widths.append(out.shape[1])
+    handle = model.lm_head.register_forward_hook(record)
+    try:
+        kept = evaluation.score_choices(model, tokenizer, CHOICE_ROWS, batch_size=4)["scores"]
+    finally:
+        handle.remove()
+    lengths = [len(encode_prompt(tokenizer, r["prompt"])) + len(tokenizer(c, add_special_tokens=False)["input_ids"])
+               for r in CHOICE_ROWS for c in r["choices"]]
+    assert max(widths) < max(lengths)  # fewer columns than the padded batch's width
+    want = [[_choice_score_by_hand(model, tokenizer, r["prompt"], c) for c in r["choices"]] for r in CHOICE_ROWS]
+    for k, w in zip(kept, want):
+        assert k == pytest.approx(w, abs=1e-4)
+    forward = model.forward  # hide logits_to_keep: scoring falls back to a hook on the head's input
+    model.forward = lambda input_ids=None, attention_mask=None, use_cache=None, **kw: forward(
+        input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+    try:
+        widths.clear()
+        handle = model.lm_head.register_forward_hook(record)
+        hooked = evaluation.score_choices(model, tokenizer, CHOICE_ROWS, batch_size=4)["scores"]
+    finally:
+        handle.remove()
+        del model.forward
+    assert max(widths) < max(lengths)
+    for h, w in zip(hooked, want):
+        assert h == pytest.approx(w, abs=1e-4)
+
+
 def test_choice_rows_must_name_their_right_answer(tokenizer):
     with pytest.raises(ValueError, match="none of its choices"):
         evaluation.score_choices(tiny_llama(), tokenizer, [{"prompt": "a", "completion": "z", "choices": ["x", "y"]}])

@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from minireft.hf.data import IGNORE_INDEX, collate, encode_example, encode_prompt, pad_id
-from minireft.hf.training import _device, lm_loss_sum
+from minireft.hf.training import _device, _logit_columns, _logits_at, lm_loss_sum
 
 EXTRA_NEW_TOKENS = 8  # generation budget beyond the longest reference completion
 
@@ -53,13 +53,21 @@ def _chat(model, chat_template: bool | None) -> bool:
     return bool(fmt is not None and fmt.chat_template)
 
 
-def _forward_logits(model, batch: dict) -> torch.Tensor:
-    """(B, T, V) logits of a right-padded batch; a ReftModel is told the prompt lengths."""
+def _forward_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of a right-padded batch, logits built only where they are scored: at
+    the K columns whose next token is a target in some row (training's _logit_columns), so
+    logits (B, K, V) with labels (B, K + 1); (B, T, V) with the batch's labels (B, T) for a
+    model that cannot keep columns. Either pair gives the same lm_loss_sum and
+    _sequence_log_probs. A ReftModel is told the prompt lengths."""
     kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
               "use_cache": False}
     if _is_reft(model):
         kwargs["prompt_lengths"] = batch["prompt_lengths"]
-    return model(**kwargs).logits
+    columns, kept = _logit_columns(batch["labels"].cpu())
+    base = model.model if _is_reft(model) else model
+    with _logits_at(model, columns.to(batch["labels"].device), base=base) as keep:
+        logits = model(**kwargs, **keep).logits
+    return (logits, kept.to(logits.device)) if logits.shape[1] == len(columns) else (logits, batch["labels"])
 
 
 def _bar(total: int, desc: str, progress: bool):
@@ -89,7 +97,7 @@ def mean_loss(model, tokenizer, examples: Sequence[dict], *, chat_template: bool
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start:start + batch_size]
             batch = {k: v.to(device) for k, v in collate(chunk, pad).items()}
-            loss, n = lm_loss_sum(_forward_logits(model, batch), batch["labels"])
+            loss, n = lm_loss_sum(*_forward_logits(model, batch))
             total += float(loss)
             count += n
             bar.update(len(chunk))
@@ -190,7 +198,7 @@ def score_choices(model, tokenizer, examples: Sequence[dict], *, chat_template: 
         for start in range(0, len(seqs), batch_size):
             chunk = seqs[start:start + batch_size]
             batch = {k: v.to(device) for k, v in collate(chunk, pad).items()}
-            flat += _sequence_log_probs(_forward_logits(model, batch), batch["labels"])
+            flat += _sequence_log_probs(*_forward_logits(model, batch))
             bar.update(len(chunk))
     scores: list[list[float]] = [[] for _ in examples]
     for owner, s in zip(owners, flat):
@@ -204,10 +212,11 @@ def score_choices(model, tokenizer, examples: Sequence[dict], *, chat_template: 
 def _sequence_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
     """Σ_t log softmax(logits[b, t−1])[labels[b, t]] over labels != -100, per row b: (B,) floats.
 
-    logits: (B, T, V); labels: (B, T)."""
+    labels: (B, T); logits: (B, T, V), or (B, T − 1, V) without the last position (as lm_loss_sum)."""
     targets = labels[:, 1:]  # (B, T−1)
     mask = targets != IGNORE_INDEX
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T−1, V)
+    logits = logits[:, :targets.shape[1]]  # (B, T−1, V): the last position predicts nothing
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T−1, V)
     picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T−1)
     return [float(x) for x in (picked * mask).sum(dim=1)]
 

@@ -205,12 +205,13 @@ def _logit_columns(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @contextlib.contextmanager
-def _logits_at(model, columns: torch.Tensor):
+def _logits_at(model, columns: torch.Tensor, base=None):
     """Keyword arguments for the top-level model call that make it return logits at `columns`
     (K,) only: the base model's `logits_to_keep` when its forward takes one (softcapping and
     the like still apply), else a pre-hook on its output embeddings that keeps those hidden
-    states. Yields {} (full logits) for a model with neither."""
-    base = _base_model(model)
+    states. Yields {} (full logits) for a model with neither. base: the Hugging Face model
+    that makes the logits (default: the one under the ReftModel `model`)."""
+    base = _base_model(model) if base is None else base
     if "logits_to_keep" in inspect.signature(base.forward).parameters:
         yield {"logits_to_keep": columns}
         return

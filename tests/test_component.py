@@ -317,3 +317,33 @@ def test_minireft_train_takes_component():
     assert args.component == "attention_output"
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--model", "m", "--data", "d.jsonl", "--component", "attn"])
+
+
+# ------------------------------------------------------------------ several adapters
+
+
+@pytest.mark.parametrize("name", ["llama", "roberta"])
+def test_adapters_on_different_components_of_one_layer_mix_in_one_batch(name):
+    """Three adapters on layer 1 (the block, its attention, its MLP) and the bare model in one
+    left-padded batch: every row gets what it gets alone with its adapter (<= 1e-6)."""
+    model, info = tiny.build(name)
+    components = {"block": "block_output", "attention": "attention_output", "mlp": _mlp(name)}
+    reft = None
+    for i, (adapter, component) in enumerate(components.items()):
+        config = ReftConfig(layers=[1], rank=2, positions="f1+l2", component=component)
+        if reft is None:
+            reft = attach(model, config, seed=i)
+            first = reft.active_adapter
+        else:
+            reft.add_adapter(adapter, config, seed=i)
+    names = [first, "attention", "mlp", None, "attention"]
+    ids, mask = tiny.random_ids([7, 5, 6, 4, 2], side="left", seed=6)
+    inputs = tiny.model_inputs(info, ids, mask)
+    with torch.no_grad():
+        batch = reft(**inputs, adapter_names=names).logits
+        for b, adapter in enumerate(names):
+            alone = reft(**tiny.model_inputs(info, *tiny.row_alone(ids, mask, b)), adapter_names=[adapter]).logits
+            diff = (batch[b][mask[b].bool()] - alone[0]).abs().max().item()
+            assert diff <= 1e-6, f"{name} row {b} ({adapter}): {diff:.2e} from alone"
+        rows = [reft(**inputs, adapter_names=[a] * len(names)).logits for a in (first, "attention", "mlp")]
+    assert all(not torch.equal(x, y) for x, y in ((rows[0], rows[1]), (rows[0], rows[2]), (rows[1], rows[2])))

@@ -105,6 +105,7 @@ CHOICE_ROWS = [
     {"prompt": "cat", "completion": "m", "choices": ["m", "woof", "o"]},
     {"prompt": "a longer prompt", "completion": "yes", "choices": ["no", "yes"]},
     {"prompt": "dog", "completion": "ignored", "label": 1, "choices": ["ab", "c"]},
+    {"prompt": "A or B?", "completion": "B", "choices": ["A", "B", "?"]},  # one token each: one forward
 ]
 
 
@@ -121,9 +122,9 @@ def test_choice_scores_equal_summed_log_softmax_by_hand(tokenizer, with_adapter)
     for g, w in zip(got["scores"], want):
         assert g == pytest.approx(w, abs=1e-4)
     predictions = [max(range(len(w)), key=w.__getitem__) for w in want]
-    answers = [0, 1, 1]
+    answers = [0, 1, 1, 1]
     assert got["predictions"] == predictions
-    assert got["accuracy"] == pytest.approx(sum(p == a for p, a in zip(predictions, answers)) / 3)
+    assert got["accuracy"] == pytest.approx(sum(p == a for p, a in zip(predictions, answers)) / 4)
 
 
 @torch.no_grad()

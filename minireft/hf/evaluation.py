@@ -179,46 +179,56 @@ def score_choices(model, tokenizer, examples: Sequence[dict], *, chat_template: 
     "predictions": [argmax index]} with score(c) = Σ_j log p(c_j | prompt, c_<j) (module doc).
 
     The prompt is tokenised as in training and generation; a choice's tokens follow it as a
-    completion's would (no EOS). Ties go to the first choice."""
+    completion's would (no EOS). Ties go to the first choice. A row whose choices are all one
+    token each ("A"/"B", "yes"/"no") is scored by one forward: the logits at the prompt's last
+    position do not depend on the token after it (causal attention; the edit touches prompt
+    positions only), so log p(c | prompt) of every choice is read there."""
     _check_batch_size(batch_size)
     chat_template = _chat(model, chat_template)
     answers = [choice_index(ex, i) for i, ex in enumerate(examples)]
-    seqs, owners = [], []  # one sequence per (row, choice)
+    seqs, owners = [], []  # one sequence per (row, choice), or one per row of one-token choices
     for i, ex in enumerate(examples):
         prompt_ids = encode_prompt(tokenizer, ex["prompt"], chat_template=chat_template)
-        for c in ex["choices"]:
-            choice_ids = list(tokenizer(c, add_special_tokens=False)["input_ids"])
-            seqs.append({"input_ids": prompt_ids + choice_ids,
-                         "labels": [IGNORE_INDEX] * len(prompt_ids) + choice_ids,
-                         "prompt_length": len(prompt_ids)})
+        choice_ids = [list(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in ex["choices"]]
+        one_token = all(len(c) == 1 for c in choice_ids)
+        for c in choice_ids[:1] if one_token else choice_ids:
+            seqs.append({"input_ids": prompt_ids + c, "labels": [IGNORE_INDEX] * len(prompt_ids) + c,
+                         "prompt_length": len(prompt_ids),
+                         "picks": [ids[0] for ids in choice_ids] if one_token else None})
             owners.append(i)
     pad, device = pad_id(tokenizer), _device(model)
-    flat: list[float] = []
+    flat: list[list[float]] = []
     with _bar(len(seqs), "choices", progress) as bar:
         for start in range(0, len(seqs), batch_size):
             chunk = seqs[start:start + batch_size]
             batch = {k: v.to(device) for k, v in collate(chunk, pad).items()}
-            flat += _sequence_log_probs(*_forward_logits(model, batch))
+            flat += _choice_log_probs(*_forward_logits(model, batch), [q["picks"] for q in chunk])
             bar.update(len(chunk))
     scores: list[list[float]] = [[] for _ in examples]
     for owner, s in zip(owners, flat):
-        scores[owner].append(s)
+        scores[owner] += s
     predictions = [max(range(len(s)), key=lambda k, s=s: (s[k], -k)) for s in scores]
     correct = sum(p == a for p, a in zip(predictions, answers))
     return {"accuracy": correct / max(1, len(examples)), "n": len(examples), "scores": scores,
             "predictions": predictions}
 
 
-def _sequence_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
-    """Σ_t log softmax(logits[b, t−1])[labels[b, t]] over labels != -100, per row b: (B,) floats.
+def _choice_log_probs(logits: torch.Tensor, labels: torch.Tensor, picks: list) -> list[list[float]]:
+    """Per row b: [Σ_t log softmax(logits[b, t−1])[labels[b, t]] over labels != -100] when
+    picks[b] is None, else [log softmax(logits[b, t−1])[k] for k in picks[b]] at its one target t.
 
     labels: (B, T); logits: (B, T, V), or (B, T − 1, V) without the last position (as lm_loss_sum)."""
     targets = labels[:, 1:]  # (B, T−1)
-    mask = targets != IGNORE_INDEX
     logits = logits[:, :targets.shape[1]]  # (B, T−1, V): the last position predicts nothing
     logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T−1, V)
-    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T−1)
-    return [float(x) for x in (picked * mask).sum(dim=1)]
+    out = []
+    for b, pick in enumerate(picks):
+        cols = (targets[b] != IGNORE_INDEX).nonzero().squeeze(1)  # this row's target positions
+        if pick is None:
+            out.append([float(logp[b, cols, targets[b, cols]].sum())])
+        else:
+            out.append([float(x) for x in logp[b, cols[0], pick]])
+    return out
 
 
 # ---------------------------------------------------------------------------- all of it

@@ -2,9 +2,10 @@
 a hub name in the local Hugging Face cache, and the packaged SmolLM2 as an alias of its file.
 
 Most tests use a tiny random Llama and a word-level tokenizer built here, and stand-in GGUF
-files (the magic bytes only) with the converter replaced by a counter; the real-model tests
-share one session load of SmolLM2 (tests/_real_model.py), and the slow ones convert a real
-GGUF file given by its path.
+files (the magic bytes only) with the converter replaced by a counter. The real conversion
+runs on a GGUF file written here (a tiny llama quantised like the packaged SmolLM2, in ~1 s);
+the real-model tests share one session load of SmolLM2 (tests/_real_model.py) and check its
+copy against the packaged file's own dequantised tensors, without converting it again.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 
 import pytest
 from _real_model import smollm2  # noqa: F401  (the session fixture)
@@ -350,28 +350,116 @@ def test_smollm2_second_load_reads_the_cache(smollm2, monkeypatch):  # noqa: F81
     assert model.config.hidden_size == 576
 
 
-def _link_or_copy(src, dst):
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)  # another path to the same bytes: a GGUF file the loader has not seen
-    except OSError:
-        shutil.copyfile(src, dst)
-    return dst
+# ---------------------------------------------------------------- a real GGUF file, written here
+
+# The layout of the packaged SmolLM2 file, scaled down: llama, tied embeddings, Q8_0 token
+# embeddings, Q4_1 projections (q and k rows in llama.cpp's rotary order), F32 norms, and a
+# byte-level BPE tokenizer ("gpt2") with merges and control tokens.
+TINY_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TINY_MERGES = [("h", "e"), ("l", "l"), ("he", "ll"), ("Ġ", "w")]
+TINY_CHAT = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+TINY_HEADS, TINY_KV_HEADS = 4, 2
+
+
+def _llama_cpp_rows(w, n_head: int):
+    """llama.cpp's row order for q/k (its convert script's permute): per head, the two rotary
+    halves interleaved. transformers' GGUF reader undoes it."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _tiny_gguf_tensors(state: dict):
+    """(GGUF name, HF name, quantisation type, heads to permute by or None) for a 2-block llama."""
+    from gguf import GGMLQuantizationType as Q
+
+    rows = [("token_embd", "model.embed_tokens", Q.Q8_0, None),
+            ("output_norm", "model.norm", Q.F32, None)]
+    for i in range(2):
+        p = f"model.layers.{i}."
+        rows += [(f"blk.{i}.attn_norm", p + "input_layernorm", Q.F32, None),
+                 (f"blk.{i}.ffn_norm", p + "post_attention_layernorm", Q.F32, None),
+                 (f"blk.{i}.attn_q", p + "self_attn.q_proj", Q.Q4_1, TINY_HEADS),
+                 (f"blk.{i}.attn_k", p + "self_attn.k_proj", Q.Q4_1, TINY_KV_HEADS),
+                 (f"blk.{i}.attn_v", p + "self_attn.v_proj", Q.Q4_1, None),
+                 (f"blk.{i}.attn_output", p + "self_attn.o_proj", Q.Q4_1, None),
+                 (f"blk.{i}.ffn_gate", p + "mlp.gate_proj", Q.Q4_1, None),
+                 (f"blk.{i}.ffn_up", p + "mlp.up_proj", Q.Q4_1, None),
+                 (f"blk.{i}.ffn_down", p + "mlp.down_proj", Q.Q4_1, None)]
+    assert {hf + ".weight" for _, hf, _, _ in rows} == set(state) - {"lm_head.weight"}
+    return rows
+
+
+def _write_tiny_gguf(path, seed: int = 0) -> dict:
+    """Write a random 2-block llama (hidden 64, 4 heads, 2 kv heads) as a GGUF file at `path`.
+
+    Returns {HF parameter name: float32 array}: what a loader must produce, derived with the
+    `gguf` package's own NumPy dequantiser (W_expected = dequantize(quantize(W))); quantisation
+    blocks run along rows, so llama.cpp's row permutation of q/k does not change them.
+    """
+    import gguf
+    import numpy as np
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    tokens = TINY_SPECIAL + list(bytes_to_unicode().values()) + ["".join(m) for m in TINY_MERGES]
+    config = LlamaConfig(vocab_size=len(tokens), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=TINY_HEADS,
+                         num_key_value_heads=TINY_KV_HEADS, max_position_embeddings=128,
+                         rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    state = {k: v.numpy() for k, v in LlamaForCausalLM(config).state_dict().items()}
+
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_block_count(2)
+    writer.add_context_length(128)
+    writer.add_embedding_length(64)
+    writer.add_feed_forward_length(128)
+    writer.add_head_count(TINY_HEADS)
+    writer.add_head_count_kv(TINY_KV_HEADS)
+    writer.add_rope_dimension_count(64 // TINY_HEADS)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("smollm")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.CONTROL] * len(TINY_SPECIAL)
+                           + [gguf.TokenType.NORMAL] * (len(tokens) - len(TINY_SPECIAL)))
+    writer.add_token_merges([" ".join(m) for m in TINY_MERGES])
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_pad_token_id(2)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(TINY_CHAT)
+    expected = {}
+    for name, hf, qtype, heads in _tiny_gguf_tensors(state):
+        w = state[hf + ".weight"]
+        data = w if qtype == gguf.GGMLQuantizationType.F32 else gguf.quants.quantize(w, qtype)
+        expected[hf + ".weight"] = gguf.quants.dequantize(data, qtype).reshape(w.shape).astype(np.float32)
+        writer.add_tensor(name + ".weight", data if heads is None else _llama_cpp_rows(data, heads),
+                          raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    expected["lm_head.weight"] = expected["model.embed_tokens.weight"]  # tied
+    return expected
 
 
 @pytest.mark.torch
-@pytest.mark.slow
-def test_a_real_gguf_file_by_its_path_converts_once_into_an_exact_copy(smollm2, tmp_path,  # noqa: F811
-                                                                       monkeypatch):
-    """The packaged GGUF file under another path and name is converted like any GGUF file
-    (one conversion, ~20 s): the cached copy holds exactly the dequantised weights (logits
-    bit-identical to the GGUF-loaded model's), equals the alias's copy, and the second load
-    reads it."""
+def test_a_real_gguf_file_by_its_path_converts_once_into_an_exact_copy(tmp_path, monkeypatch):
+    """A GGUF file written here (quantised like the packaged SmolLM2) is converted like any
+    GGUF file given by its folder: once; the cached copy holds exactly the dequantised weights
+    (equal to the `gguf` package's NumPy dequantisation, and to the GGUF-loaded model, whose
+    logits it reproduces bit for bit), keeps the tokenizer, and the second load reads it."""
+    pytest.importorskip("gguf")
     import torch
 
-    model, tok = smollm2
-    gguf = _link_or_copy(packaged.smollm2_gguf_path(), tmp_path / "models" / "my-smollm2.gguf")
-    assert loading.resolve_model(gguf.parent) == ("gguf", gguf)
+    gguf_path = tmp_path / "models" / "my-tiny.Q4_1.gguf"
+    gguf_path.parent.mkdir()
+    expected = _write_tiny_gguf(gguf_path)
+    assert loading.resolve_model(gguf_path.parent) == ("gguf", gguf_path)
     converted = []
     real_load_gguf = loading.load_gguf
 
@@ -380,14 +468,24 @@ def test_a_real_gguf_file_by_its_path_converts_once_into_an_exact_copy(smollm2, 
         return converted[-1]
 
     monkeypatch.setattr(loading, "load_gguf", keep)
-    loaded, loaded_tok = loading.load_model(gguf.parent, cache_dir=tmp_path / "cache")
+    cache = tmp_path / "cache"
+    loaded, loaded_tok = loading.load_model(gguf_path.parent, cache_dir=cache)
     ((gguf_model, gguf_tok),) = converted
+    assert loading.converted_copy(gguf_path, cache_dir=cache) == cache / loading.gguf_cache_name(gguf_path)
     assert getattr(gguf_model.config, "quantization_config", None) is None
-    for (k, a), (k2, b), (k3, c) in zip(gguf_model.state_dict().items(), loaded.state_dict().items(),
-                                        model.state_dict().items()):
-        assert k == k2 == k3 and torch.equal(a, b) and torch.equal(b, c), k
-    texts = ["The quick brown fox", "Representation finetuning edits hidden states, 1234."]
-    assert gguf_tok(texts).input_ids == loaded_tok(texts).input_ids == tok(texts).input_ids
+    assert loaded.config.model_type == "llama" and loaded.config.num_key_value_heads == TINY_KV_HEADS
+    assert set(loaded.state_dict()) == set(expected)
+    for name, want in expected.items():
+        a, b = gguf_model.state_dict()[name], loaded.state_dict()[name]
+        assert torch.equal(a, b) and torch.equal(b, torch.from_numpy(want)), name
+
+    texts = ["hello world", "<|im_start|>user\nhe<|im_end|>"]
+    ids = loaded_tok(texts).input_ids
+    assert ids == gguf_tok(texts).input_ids
+    assert loaded_tok.convert_ids_to_tokens(ids[0])[:3] == ["hell", "o", "Ġw"]  # the merges
+    assert ids[1][0] == 1 and ids[1][-1] == 2  # control tokens stay whole
+    assert loaded_tok.chat_template == TINY_CHAT
+    assert loaded_tok.pad_token == "<|im_end|>" and loaded_tok.padding_side == "left"
     enc = loaded_tok(texts, return_tensors="pt", padding=True)
     with torch.no_grad():
         a, b = loaded(**enc).logits, gguf_model(**enc).logits
@@ -397,8 +495,34 @@ def test_a_real_gguf_file_by_its_path_converts_once_into_an_exact_copy(smollm2, 
         raise AssertionError("load_model converted the GGUF file again instead of reading the cache")
 
     monkeypatch.setattr(loading, "load_gguf", no_gguf)
-    again, _ = loading.load_model(gguf, cache_dir=tmp_path / "cache")
-    assert again.config.hidden_size == model.config.hidden_size
+    again, _ = loading.load_model(gguf_path, cache_dir=cache)
+    assert torch.equal(again.model.embed_tokens.weight, loaded.model.embed_tokens.weight)
+
+
+@pytest.mark.torch
+def test_the_smollm2_copy_holds_the_packaged_files_dequantised_weights(smollm2):  # noqa: F811
+    """The packaged file itself, checked without converting it again: its Q8_0 embeddings, a
+    Q4_1 q projection (in llama.cpp's row order) and a norm, dequantised by the `gguf`
+    package, equal the cached copy's weights exactly."""
+    gguf = pytest.importorskip("gguf")
+    import torch
+
+    model, _ = smollm2
+    heads = model.config.num_attention_heads
+    reader = gguf.GGUFReader(packaged.smollm2_gguf_path())
+    tensors = {t.name: t for t in reader.tensors}
+    checks = [("token_embd.weight", model.model.embed_tokens.weight, None),
+              ("blk.0.attn_q.weight", model.model.layers[0].self_attn.q_proj.weight, heads),
+              ("output_norm.weight", model.model.norm.weight, None)]
+    types = set()
+    for name, weight, n_head in checks:
+        t = tensors[name]
+        types.add(t.tensor_type.name)
+        want = gguf.quants.dequantize(t.data, t.tensor_type).reshape(tuple(weight.shape))
+        if n_head is not None:  # undo llama.cpp's permutation: the inverse of _llama_cpp_rows
+            want = want.reshape(n_head, want.shape[0] // n_head // 2, 2, -1).swapaxes(1, 2).reshape(want.shape)
+        assert torch.equal(weight.detach(), torch.from_numpy(want.astype("float32"))), name
+    assert types == {"Q8_0", "Q4_1", "F32"}, types
 
 
 @pytest.mark.torch

@@ -180,9 +180,10 @@ def _add_train(sub) -> argparse.ArgumentParser:
     g.add_argument("--max-length", type=int, default=TRAIN.max_length,
                    help="tokens per example (default %(default)s)")
     g.add_argument("--seed", type=int, default=TRAIN.seed, help="(default %(default)s)")
-    g.add_argument("--chat-template", action="store_true",
-                   help="wrap each prompt in the tokenizer's chat template (one user turn); the adapter "
-                        "records it, so generate applies it too")
+    g.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=TRAIN.chat_template,
+                   help="wrap each prompt in the tokenizer's chat template (one user turn); default: on "
+                        "when the tokenizer has one (language-model tasks); the adapter records it, so "
+                        "generate and eval apply it too")
     g.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute the base model's block activations in backward instead of keeping "
                         "them: the same gradients, less memory, a slower step")

@@ -285,6 +285,26 @@ def test_default_run_of_a_one_row_file_takes_min_steps_and_learns():
     assert result.losses[-1] < 0.5 * result.losses[0], result.losses[::8]
 
 
+def test_default_prompt_format_is_the_chat_template_when_the_tokenizer_has_one():
+    """chat_template=None: chat-wrapped prompts when the tokenizer has a template (recorded on
+    the adapter, and the loss is that of the wrapped examples), raw prompts when it has none."""
+    with_template, without = tiny_tokenizer(), tiny_tokenizer()
+    without.chat_template = None
+    for tok, chat in ((with_template, True), (without, False)):
+        model = reft(tiny_llama(), rank=2, positions="f1+l1")
+        result = train(model, tok, PAIRS, max_steps=1, batch_size=len(PAIRS), **QUIET)
+        assert model.prompt_format.chat_template is chat
+        fresh = reft(tiny_llama(), rank=2, positions="f1+l1")  # the same init: step 0's loss
+        want = evaluate(fresh, tok, PAIRS, chat_template=chat)["loss"]
+        other = evaluate(fresh, tok, PAIRS, chat_template=not chat)["loss"] if tok.chat_template else None
+        fresh.detach()
+        assert result.losses[0] == pytest.approx(want, rel=1e-5)
+        assert other is None or other != pytest.approx(want, rel=1e-3)
+    classifier = ReftClassifier(reft(tiny_llama(), rank=2, positions="f1+l1"), 2)
+    train(classifier, with_template, [{"text": "a b", "label": 1}], max_steps=1, **QUIET)
+    assert classifier.reft_model.prompt_format.chat_template is False
+
+
 def test_few_steps_warn_once():
     from minireft.hf.recipe import FEW_STEPS
 
@@ -376,8 +396,8 @@ def test_prompt_lengths_reach_the_model():
     seen = []
     forward = model.forward
     model.forward = lambda *a, **kw: (seen.append(kw["prompt_lengths"].tolist()), forward(*a, **kw))[1]
-    train(model, tok, PAIRS, batch_size=4, epochs=1, seed=0, **QUIET)
-    want = sorted(len(tok(ex["prompt"])["input_ids"]) for ex in PAIRS)
+    train(model, tok, PAIRS, batch_size=4, epochs=1, seed=0, chat_template=False, **QUIET)
+    want = sorted(len(tok(ex["prompt"])["input_ids"]) for ex in PAIRS)  # raw prompts' lengths
     assert len(seen) == 1 and sorted(seen[0]) == want, (seen, want)
 
 

@@ -60,6 +60,14 @@ def template_sha256(tokenizer) -> str | None:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def training_chat_template(tokenizer, chat_template: bool | None, task: str = "lm") -> bool:
+    """Whether train() wraps prompts: chat_template when given; None (the default): True for an "lm" task whose tokenizer has
+    a chat template, else False (classification never wraps its text)."""
+    if chat_template is not None:
+        return bool(chat_template)
+    return task == "lm" and getattr(tokenizer, "chat_template", None) is not None
+
+
 def prompt_format_of(tokenizer, chat_template: bool) -> PromptFormat:
     """The format of prompts built by `tokenizer` with or without its chat template."""
     return PromptFormat(bool(chat_template), template_sha256(tokenizer) if chat_template else None)
@@ -99,7 +107,7 @@ def template_mismatch(fmt: PromptFormat | None, tokenizer) -> str | None:
 
 def resolve_chat_template(fmt: PromptFormat | None, override: bool | None = None) -> bool:
     """Whether to apply the chat template: `override` when given, else the adapter's format,
-    else False (an adapter of unknown format: raw prompts, as train()'s default)."""
+    else False (an adapter of unknown format: raw prompts)."""
     if override is not None:
         return bool(override)
     return bool(fmt.chat_template) if fmt is not None else False

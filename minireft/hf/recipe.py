@@ -35,6 +35,8 @@ class TrainDefaults:
     warmup_ratio: warmup steps w = ⌈warmup_ratio · T⌉; step t = 1..w runs at lr · t / w
     seed:         seeds the shuffling, the intervention dropout and the init
     max_length:   tokens per example
+    chat_template: None: wrap prompts in the tokenizer's chat template when it has one ("lm"
+                  tasks; measured on the format task, README), else raw prompts
     """
 
     epochs: int | None = None
@@ -46,6 +48,7 @@ class TrainDefaults:
     warmup_ratio: float = 0.1
     seed: int = 0
     max_length: int = 512
+    chat_template: bool | None = None
 
 
 TRAIN = TrainDefaults()

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from minireft import io
 from minireft.hf import distributed
 from minireft.hf.data import IGNORE_INDEX, collate, encode_examples, pad_id
-from minireft.hf.prompt_format import prompt_format_of
+from minireft.hf.prompt_format import prompt_format_of, training_chat_template
 from minireft.hf.recipe import FEW_STEPS, LOG_FILE, PLOT_FILE, TRAIN, schedule
 from minireft.torch.edit import EditPlan
 from minireft.torch.optim import ReftOptimizer
@@ -316,11 +316,15 @@ def _restore_modes(before: dict) -> None:
 
 @torch.no_grad()
 def evaluate(model, tokenizer=None, examples=None, *, encoded=None, task: str | None = None,
-             batch_size: int = 8, chat_template: bool = False, max_length: int = 512,
+             batch_size: int = 8, chat_template: bool | None = None, max_length: int = 512,
              padding_side: str = "right") -> dict:
     """Mean loss over every target of the held-out examples (token-weighted for "lm"),
-    and accuracy for "classification". Pass raw `examples` (with `tokenizer`) or `encoded`."""
+    and accuracy for "classification". Pass raw `examples` (with `tokenizer`) or `encoded`.
+    chat_template=None: as the adapter's prompts were built (its prompt_format), else raw."""
     task = _infer_task(model, task)
+    if chat_template is None:
+        fmt = getattr(getattr(model, "reft_model", model), "prompt_format", None)
+        chat_template = bool(fmt is not None and fmt.chat_template and task == "lm")
     if encoded is None:
         encoded = encode_examples(tokenizer, examples, task=task, chat_template=chat_template,
                                   max_length=max_length)
@@ -377,7 +381,8 @@ def train(model, tokenizer, train_examples, *, eval_examples=None, task: str | N
           epochs: int | None = TRAIN.epochs, min_steps: int = TRAIN.min_steps,
           batch_size: int = TRAIN.batch_size, grad_accum: int = TRAIN.grad_accum, lr: float = TRAIN.lr,
           weight_decay: float = TRAIN.weight_decay, warmup_ratio: float = TRAIN.warmup_ratio,
-          seed: int = TRAIN.seed, chat_template: bool = False, max_length: int = TRAIN.max_length,
+          seed: int = TRAIN.seed, chat_template: bool | None = TRAIN.chat_template,
+          max_length: int = TRAIN.max_length,
           max_steps: int | None = None, padding_side: str = "right", progress: bool = True,
           log_every: int | None = None, eval_fn=None, eval_every: int | None = None, output_dir=None,
           overwrite: bool = False, save_every: int | None = None, log_info: dict | None = None,
@@ -390,7 +395,8 @@ def train(model, tokenizer, train_examples, *, eval_examples=None, task: str | N
     for at least min_steps; max_steps caps T; see minireft.hf.recipe) and warns when T < 20.
     The learning rate follows the module docstring's warmup and decay. Evaluation (mean held-out
     loss, plus eval_fn(model) if given) runs after every epoch and every `eval_every` steps.
-    Defaults: minireft.hf.recipe.TRAIN. The prompt format (chat_template and the template's
+    Defaults: minireft.hf.recipe.TRAIN. chat_template=None wraps "lm" prompts in the tokenizer's
+    chat template when it has one. The prompt format (chat template or not, and the template's
     hash) is recorded on the ReftModel (its prompt_format) and saved with the adapter.
 
     output_dir: nothing is lost. An adapter already there is refused before any work unless
@@ -430,6 +436,7 @@ def train(model, tokenizer, train_examples, *, eval_examples=None, task: str | N
     error, out, encoded = None, None, None
     try:  # every check before any work; under torch.distributed every rank learns of any failure
         task = _infer_task(model, task)
+        chat_template = settings["chat_template"] = training_chat_template(tokenizer, chat_template, task)
         for name, value in (("batch_size", batch_size), ("grad_accum", grad_accum), ("min_steps", min_steps)):
             _check_count(name, value)
         for name, value in (("epochs", epochs), ("max_steps", max_steps)):

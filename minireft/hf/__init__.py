@@ -7,6 +7,7 @@
     data        examples -> token ids and labels; batches
     recipe      train()'s defaults, in one place the CLI reads without torch
     training    train(), evaluate(): staged saving, nothing lost on failure
+    trainer     ReftTrainer: transformers.Trainer with ReftOptimizer and adapter-only checkpoints
     distributed all-reduce of the adapter's gradients across torch.distributed ranks
     evaluation  held-out loss, exact match of greedy generations, choice accuracy
     generation  generate_text()
@@ -31,6 +32,7 @@ _LAZY = {
     "generate_text": "minireft.hf.generation",
     "ReftClassifier": "minireft.hf.classify",
     "load_model": "minireft.hf.loading",
+    "ReftTrainer": "minireft.hf.trainer",
 }
 
 
@@ -41,5 +43,5 @@ def __getattr__(name):
 
 
 __all__ = [
-    "ReftClassifier", "ReftModel", "attach", "evaluate", "generate_text", "load_model", "train",
+    "ReftClassifier", "ReftModel", "ReftTrainer", "attach", "evaluate", "generate_text", "load_model", "train",
 ]

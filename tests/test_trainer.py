@@ -205,6 +205,22 @@ def test_resume_refuses_an_adapter_of_another_config(tmp_path):
         other.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
 
 
+def test_load_best_model_at_end_restores_the_best_adapter(tmp_path):
+    reft = new_reft()
+    data = rows(4)
+    # "Best" = the highest held-out loss, so that it is an early checkpoint and not the last step.
+    args = make_args(tmp_path, max_steps=6, learning_rate=5e-2, per_device_eval_batch_size=4, eval_strategy="steps",
+                     eval_steps=2, save_strategy="steps", save_steps=2, load_best_model_at_end=True,
+                     metric_for_best_model="eval_loss", greater_is_better=True)
+    trainer = ReftTrainer(reft, args, train_dataset=data, eval_dataset=data)
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and not best.endswith("checkpoint-6")
+    _, saved = reft_io.load_adapter(best)
+    for name, p in reft.named_trainable_parameters():
+        assert torch.equal(p, torch.from_numpy(saved[name])), name
+
+
 # ---------------------------------------------------------------------------- loss
 
 

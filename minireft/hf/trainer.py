@@ -125,6 +125,13 @@ class ReftTrainer(transformers.Trainer):
             data_collator = ReftDataCollator(pad_id(processing_class) if processing_class is not None else 0)
         self.reft_model = model
         super().__init__(_TrainerModel(model), args, data_collator, processing_class=processing_class, **kwargs)
+        if self.args.n_gpu > 1:
+            raise ValueError(f"{self.args.n_gpu} GPUs in one process would train under nn.DataParallel, whose "
+                             "replicas do not share the edit's hooks; launch one process per GPU (torchrun) "
+                             "or set CUDA_VISIBLE_DEVICES to one GPU")
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise NotImplementedError("ReftTrainer saves and restores the adapter itself: DeepSpeed and FSDP "
+                                      "checkpoints are not supported; use plain DDP (torchrun)")
         optim = str(getattr(self.args.optim, "value", self.args.optim))  # an OptimizerNames enum
         if "adam" not in optim:
             raise ValueError(f"args.optim={optim!r}: ReftTrainer steps with ReftOptimizer (Riemannian "

@@ -244,6 +244,27 @@ def test_checkpointing_gives_the_same_gradients(component):
     assert err <= 1e-6, f"checkpointed gradients differ by {err:.2e} (relative)"
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+@pytest.mark.parametrize("component", ["attention_output", "mlp_output"])
+def test_a_bf16_base_with_float32_interventions(component, device):
+    """The submodule's bf16 output is edited in float32 and cast back: an identity adapter gives
+    the base logits exactly, and a paper-init adapter trains."""
+    model, info = tiny.build("llama", dtype=torch.bfloat16)
+    model.to(device)
+    ids, mask = (t.to(device) for t in tiny.random_ids(LENGTHS, side="right"))
+    base = _logits(model, info, ids, mask)
+    ident = attach(model, ReftConfig(layers=[0, 2], positions="f2+l2", init="identity", component=component))
+    assert torch.equal(_logits(ident, info, ids, mask), base)
+    ident.detach()
+    reft = attach(model, ReftConfig(layers=[0, 2], rank=3, positions="f2+l2", component=component))
+    start = {k: p.detach().clone() for k, p in reft.named_trainable_parameters()}
+    losses = tiny.train_steps(reft, ids, mask, steps=2)
+    assert all(torch.isfinite(torch.tensor(losses))), losses
+    for k, p in reft.named_trainable_parameters():
+        assert p.dtype == torch.float32 and p.device.type == device and not torch.equal(p, start[k]), k
+
+
 # ------------------------------------------------------------------ pyreft
 
 

@@ -202,6 +202,13 @@ def tiny_model(seed: int = 0):
     return LlamaForCausalLM(config).eval()
 
 
+def _blocks(layers) -> str:
+    """"4,12,20", or "0-29" for a run of more than three."""
+    if len(layers) > 3 and list(layers) == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tiny random Llama, 2 rounds: checks that it runs")
@@ -232,8 +239,8 @@ def main(argv=None) -> int:
     rows = prompts(model.config.vocab_size, args.rows, args.length, args.seed)
     names = row_names(list(configs), args.rows)
     print(f"model {args.model if not args.quick else 'tiny random Llama'} ({model.config.num_hidden_layers} "
-          f"blocks), {args.dtype} on {device}, {args.threads} threads; adapters: " + "; ".join(
-              f"{n} {c.intervention} blocks {list(c.layers)} rank {c.rank} {c.positions}{' tied' if c.tied else ''}"
+          f"blocks), {args.dtype} on {device}, threads {args.threads}; adapters: " + "; ".join(
+              f"{n} {c.intervention} blocks {_blocks(c.layers)} rank {c.rank} {c.positions}{' tied' if c.tied else ''}"
               for n, c in configs.items()), flush=True)
     try:
         times, results = time_rounds(workloads(reft, rows, names, pad_id, args.new_tokens, device),

@@ -114,6 +114,9 @@ class ReftTrainer(transformers.Trainer):
     data_collator  default ReftDataCollator(pad id of processing_class, else 0)
     other arguments as transformers.Trainer; args.optim must be an Adam variant (ReftOptimizer
     replaces it)
+
+    The saved reft_config.json records how prompts were built only if model.prompt_format is
+    set (minireft.hf.prompt_format.prompt_format_of(tokenizer, chat_template)), as train() does.
     """
 
     def __init__(self, model: ReftModel, args: transformers.TrainingArguments | None = None,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import os
 import sys
 import warnings
@@ -119,6 +120,34 @@ def _run_stopped(exc: BaseException) -> bool:
     """True when train() stopped mid-run (it noted where the last step went), False for an
     error before training started (a usage error)."""
     return any(n.startswith("training stopped") for n in getattr(exc, "__notes__", []))
+
+
+# What a subcommand may raise for bad input or a failed run: shown as one line, no traceback.
+ERRORS = (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError, FloatingPointError)
+
+
+def _one_line_errors(command: str):
+    """Decorator for a _run_X: its warnings print as one line each, and it ends with an exit
+    code and at most one line on stderr: 130 on Ctrl-C ("interrupted", or train()'s note of
+    where the last step went), 1 for a run that train() stopped mid-way, 2 for an error before
+    any work (bad input), else what the subcommand returns."""
+    def wrap(run):
+        @functools.wraps(run)
+        def wrapped(args) -> int:
+            with _warnings_as_lines(command):
+                try:
+                    return run(args)
+                except KeyboardInterrupt as exc:
+                    noted = getattr(exc, "__notes__", None)
+                    exc.args = exc.args or ("interrupted",)
+                    print(_one_line(command, exc) if noted else f"minireft {command}: interrupted",
+                          file=sys.stderr)
+                    return 130
+                except ERRORS as exc:
+                    print(_one_line(command, exc), file=sys.stderr)
+                    return 1 if _run_stopped(exc) else 2
+        return wrapped
+    return wrap
 
 
 def _add_train(sub) -> argparse.ArgumentParser:
@@ -278,49 +307,41 @@ def _build_model(args, config, model, train_examples):
     return ReftClassifier(reft_model, num_labels, pooling=args.pooling, seed=args.seed)
 
 
+@_one_line_errors("train")
 def _run_train(args) -> int:
     """Under torchrun (WORLD_SIZE > 1) every process runs this; the process group starts here
     (minireft.hf.distributed.init_from_env) and only rank 0 writes and prints."""
     from minireft import io
 
-    started, rank = False, 0
-    with _warnings_as_lines("train"):
-        try:
-            # everything that can be checked without the weights, before they load
-            io.check_output(args.output, overwrite=args.overwrite)
-            train_examples = _read_examples(args.data, args.task)
-            eval_examples = _read_examples(args.eval, args.task) if args.eval else None
-            from minireft.hf import distributed, preflight, training
+    # everything that can be checked without the weights, before they load
+    io.check_output(args.output, overwrite=args.overwrite)
+    train_examples = _read_examples(args.data, args.task)
+    eval_examples = _read_examples(args.eval, args.task) if args.eval else None
+    from minireft.hf import distributed, preflight, training
 
-            started = distributed.init_from_env(cuda=_device(args.device).type == "cuda")
-            rank = distributed.rank_and_world()[0]
-            dims = preflight.model_dims(args.model)
-            config = _reft_config(args, dims[0] if dims else None)
-            if config is not None:
-                preflight.check_fits(config, dims, args.model)
-            model, tokenizer = _load_base(args, args.task)
-            config = config or _reft_config(args, _dims_of(model)[0])
-            reft_model = _build_model(args, config, model, train_examples)
-            result = training.train(
-                reft_model, tokenizer, train_examples, eval_examples=eval_examples, task=args.task,
-                epochs=args.epochs, min_steps=args.min_steps, batch_size=args.batch_size,
-                grad_accum=args.grad_accum, lr=args.lr, weight_decay=args.weight_decay,
-                warmup_ratio=args.warmup_ratio, seed=args.seed, chat_template=args.chat_template,
-                max_length=min(args.max_length, tokenizer.model_max_length), max_steps=args.max_steps,
-                progress=not args.quiet, log_every=args.log_every, output_dir=args.output,
-                overwrite=args.overwrite, save_every=args.save_every,
-                gradient_checkpointing=args.gradient_checkpointing,
-                log_info={"args": {k: v for k, v in vars(args).items() if k != "func"}})
-        except KeyboardInterrupt as exc:
-            exc.args = exc.args or ("interrupted",)
-            print(_one_line("train", exc), file=sys.stderr)
-            return 130
-        except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError, FloatingPointError) as exc:
-            print(_one_line("train", exc), file=sys.stderr)
-            return 1 if _run_stopped(exc) else 2
-        finally:
-            if started:
-                distributed.destroy()
+    started = distributed.init_from_env(cuda=_device(args.device).type == "cuda")
+    try:
+        rank = distributed.rank_and_world()[0]
+        dims = preflight.model_dims(args.model)
+        config = _reft_config(args, dims[0] if dims else None)
+        if config is not None:
+            preflight.check_fits(config, dims, args.model)
+        model, tokenizer = _load_base(args, args.task)
+        config = config or _reft_config(args, _dims_of(model)[0])
+        reft_model = _build_model(args, config, model, train_examples)
+        result = training.train(
+            reft_model, tokenizer, train_examples, eval_examples=eval_examples, task=args.task,
+            epochs=args.epochs, min_steps=args.min_steps, batch_size=args.batch_size,
+            grad_accum=args.grad_accum, lr=args.lr, weight_decay=args.weight_decay,
+            warmup_ratio=args.warmup_ratio, seed=args.seed, chat_template=args.chat_template,
+            max_length=min(args.max_length, tokenizer.model_max_length), max_steps=args.max_steps,
+            progress=not args.quiet, log_every=args.log_every, output_dir=args.output,
+            overwrite=args.overwrite, save_every=args.save_every,
+            gradient_checkpointing=args.gradient_checkpointing,
+            log_info={"args": {k: v for k, v in vars(args).items() if k != "func"}})
+    finally:
+        if started:
+            distributed.destroy()
     if rank == 0:
         print(_train_summary(reft_model, result, args.output))
     return 0
@@ -359,35 +380,27 @@ def _add_generate(sub) -> argparse.ArgumentParser:
     return p
 
 
+@_one_line_errors("generate")
 def _run_generate(args) -> int:
     from pathlib import Path
 
-    with _warnings_as_lines("generate"):
-        try:
-            from minireft.hf import preflight
-            from minireft.hf.classify import HEAD_FILE
+    from minireft.hf import preflight
+    from minireft.hf.classify import HEAD_FILE
 
-            preflight.check_adapter(args.adapter, preflight.model_dims(args.model), args.model)
-            if (Path(args.adapter) / HEAD_FILE).is_file():
-                raise ValueError(f"{args.adapter} holds a classifier (it has {HEAD_FILE}); generate needs a "
-                                 "language-modelling adapter")
-            from minireft.hf.generation import generate_text
-            from minireft.hf.model import ReftModel
+    preflight.check_adapter(args.adapter, preflight.model_dims(args.model), args.model)
+    if (Path(args.adapter) / HEAD_FILE).is_file():
+        raise ValueError(f"{args.adapter} holds a classifier (it has {HEAD_FILE}); generate needs a "
+                         "language-modelling adapter")
+    from minireft.hf.generation import generate_text
+    from minireft.hf.model import ReftModel
 
-            model, tokenizer = _load_base(args, "lm")
-            # the adapter's prompt format, and a warning if this tokenizer's template differs
-            reft_model = ReftModel.from_pretrained(
-                model, args.adapter, tokenizer=tokenizer if args.chat_template is None else None)
-            text = generate_text(reft_model, tokenizer, args.prompt, chat_template=args.chat_template,
-                                 max_new_tokens=args.max_new_tokens, sample=args.sample,
-                                 temperature=args.temperature, seed=args.seed)
-        except KeyboardInterrupt:
-            print("minireft generate: interrupted", file=sys.stderr)
-            return 130
-        except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError) as exc:
-            print(_one_line("generate", exc), file=sys.stderr)
-            return 2
-    print(text)
+    model, tokenizer = _load_base(args, "lm")
+    # the adapter's prompt format, and a warning if this tokenizer's template differs
+    reft_model = ReftModel.from_pretrained(
+        model, args.adapter, tokenizer=tokenizer if args.chat_template is None else None)
+    print(generate_text(reft_model, tokenizer, args.prompt, chat_template=args.chat_template,
+                        max_new_tokens=args.max_new_tokens, sample=args.sample,
+                        temperature=args.temperature, seed=args.seed))
     return 0
 
 
@@ -422,29 +435,21 @@ def _add_demo(sub) -> argparse.ArgumentParser:
     return p
 
 
+@_one_line_errors("demo")
 def _run_demo(args) -> int:
     from minireft import io
 
-    with _warnings_as_lines("demo"):
-        try:
-            io.check_output(args.output, overwrite=args.overwrite)
-            from minireft.demo.demo import run_demo
+    io.check_output(args.output, overwrite=args.overwrite)
+    from minireft.demo.demo import run_demo
 
-            if args.quiet:
-                from transformers.utils import logging as hf_logging
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
 
-                hf_logging.disable_progress_bar()
-            run_demo(args.output, n_train=args.n_train, n_eval=args.n_eval, seed=args.seed,
-                     layers=args.layers, rank=args.rank, positions=args.positions, epochs=args.epochs,
-                     batch_size=args.batch_size, lr=args.lr, threads=args.threads,
-                     progress=not args.quiet, overwrite=args.overwrite)
-        except KeyboardInterrupt as exc:
-            exc.args = exc.args or ("interrupted",)
-            print(_one_line("demo", exc), file=sys.stderr)
-            return 130
-        except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError, FloatingPointError) as exc:
-            print(_one_line("demo", exc), file=sys.stderr)
-            return 1 if _run_stopped(exc) else 2
+        hf_logging.disable_progress_bar()
+    run_demo(args.output, n_train=args.n_train, n_eval=args.n_eval, seed=args.seed,
+             layers=args.layers, rank=args.rank, positions=args.positions, epochs=args.epochs,
+             batch_size=args.batch_size, lr=args.lr, threads=args.threads,
+             progress=not args.quiet, overwrite=args.overwrite)
     return 0
 
 
@@ -497,42 +502,35 @@ def _eval_rows(path) -> list[dict]:
     return rows
 
 
+@_one_line_errors("eval")
 def _run_eval(args) -> int:
     from pathlib import Path
 
-    with _warnings_as_lines("eval"):
-        try:
-            from minireft.hf import preflight
-            from minireft.hf.classify import HEAD_FILE
+    from minireft.hf import preflight
+    from minireft.hf.classify import HEAD_FILE
 
-            if args.batch_size < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
-                raise ValueError("--batch-size and --max-new-tokens must be >= 1")
-            rows = _eval_rows(args.data)
-            preflight.check_adapter(args.adapter, preflight.model_dims(args.model), args.model)
-            if (Path(args.adapter) / HEAD_FILE).is_file():
-                raise ValueError(f"{args.adapter} holds a classifier (it has {HEAD_FILE}); eval scores "
-                                 "language-modelling adapters")
-            from minireft.hf import evaluation
-            from minireft.hf.model import ReftModel
+    if args.batch_size < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
+        raise ValueError("--batch-size and --max-new-tokens must be >= 1")
+    rows = _eval_rows(args.data)
+    preflight.check_adapter(args.adapter, preflight.model_dims(args.model), args.model)
+    if (Path(args.adapter) / HEAD_FILE).is_file():
+        raise ValueError(f"{args.adapter} holds a classifier (it has {HEAD_FILE}); eval scores "
+                         "language-modelling adapters")
+    from minireft.hf import evaluation
+    from minireft.hf.model import ReftModel
 
-            model, tokenizer = _load_base(args, "lm")
-            reft_model = ReftModel.from_pretrained(
-                model, args.adapter, tokenizer=tokenizer if args.chat_template is None else None)
-            fmt = getattr(reft_model, "prompt_format", None)
-            chat = args.chat_template if args.chat_template is not None else bool(fmt and fmt.chat_template)
-            kwargs = {"chat_template": chat, "max_new_tokens": args.max_new_tokens,
-                      "batch_size": args.batch_size, "generate": not args.no_generate,
-                      "progress": not args.quiet}
-            results = {"adapter": evaluation.evaluate(reft_model, tokenizer, rows, **kwargs)}
-            if args.baseline:
-                base = reft_model.detach()  # the bare model, exactly as loaded
-                results["base"] = evaluation.evaluate(base, tokenizer, rows, **kwargs)
-        except KeyboardInterrupt:
-            print("minireft eval: interrupted", file=sys.stderr)
-            return 130
-        except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError) as exc:
-            print(_one_line("eval", exc), file=sys.stderr)
-            return 2
+    model, tokenizer = _load_base(args, "lm")
+    reft_model = ReftModel.from_pretrained(
+        model, args.adapter, tokenizer=tokenizer if args.chat_template is None else None)
+    fmt = getattr(reft_model, "prompt_format", None)
+    chat = args.chat_template if args.chat_template is not None else bool(fmt and fmt.chat_template)
+    kwargs = {"chat_template": chat, "max_new_tokens": args.max_new_tokens,
+              "batch_size": args.batch_size, "generate": not args.no_generate,
+              "progress": not args.quiet}
+    results = {"adapter": evaluation.evaluate(reft_model, tokenizer, rows, **kwargs)}
+    if args.baseline:
+        base = reft_model.detach()  # the bare model, exactly as loaded
+        results["base"] = evaluation.evaluate(base, tokenizer, rows, **kwargs)
     source = "flag" if args.chat_template is not None else "the adapter's record"
     print(f"{args.data}: {len(rows)} rows; chat template {'on' if chat else 'off'} ({source})")
     print(_eval_table(results))
@@ -588,28 +586,24 @@ def _add_convert(sub) -> argparse.ArgumentParser:
     return p
 
 
+@_one_line_errors("convert")
 def _run_convert(args) -> int:
     from minireft import io
+    from minireft.pyreft import read_pyreft, write_pyreft
 
-    try:
-        from minireft.pyreft import read_pyreft, write_pyreft
-
-        if args.source_format == "pyreft":
-            if args.positions is None:
-                raise ValueError("--positions is required with --from pyreft: pyreft's folder does not "
-                                 "record them; pass the ones it was trained with, e.g. --positions f7+l7")
-            io.check_output(args.output, overwrite=args.overwrite)
-            config, params = read_pyreft(args.source, args.positions)
-            io.save_adapter(args.output, config, params)
-        else:
-            if args.positions is not None or args.overwrite:
-                raise ValueError("--positions and --overwrite apply to --from pyreft only; --to pyreft "
-                                 "writes a new folder and takes the positions from SRC")
-            config, params = io.load_adapter(args.source)
-            write_pyreft(args.output, config, params)
-    except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
-        print(_one_line("convert", exc), file=sys.stderr)
-        return 2
+    if args.source_format == "pyreft":
+        if args.positions is None:
+            raise ValueError("--positions is required with --from pyreft: pyreft's folder does not "
+                             "record them; pass the ones it was trained with, e.g. --positions f7+l7")
+        io.check_output(args.output, overwrite=args.overwrite)
+        config, params = read_pyreft(args.source, args.positions)
+        io.save_adapter(args.output, config, params)
+    else:
+        if args.positions is not None or args.overwrite:
+            raise ValueError("--positions and --overwrite apply to --from pyreft only; --to pyreft "
+                             "writes a new folder and takes the positions from SRC")
+        config, params = io.load_adapter(args.source)
+        write_pyreft(args.output, config, params)
     groups = "tied" if config.tied else "untied"
     print(f"wrote {args.output}: {config.intervention}, layers {list(config.layers)}, rank {config.rank}, "
           f"{groups}, positions {config.positions}, position_rule {config.position_rule}"

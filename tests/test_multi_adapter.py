@@ -180,6 +180,25 @@ def test_mixed_batch_gradients_reach_the_active_adapter_only():
             assert all(g is None for g in grads), f"{adapter} is frozen: no gradient"
 
 
+def test_mixed_batch_gradients_with_checkpointing_equal_without():
+    from minireft.hf import training
+
+    ids, mask = tiny.random_ids(LENGTHS, side="left", seed=15)
+    grads = []
+    for checkpointing in (False, True):
+        reft = _mixed()
+        modes = training._enter_train_mode(reft, checkpointing)
+        try:
+            reft(input_ids=ids, attention_mask=mask, adapter_names=NAMES,
+                 use_cache=False).logits.float().square().mean().backward()
+        finally:
+            training._restore_modes(modes)
+        grads.append({n: p.grad.clone() for n, p in reft.named_trainable_parameters()})
+    for name, plain in grads[0].items():
+        err = ((grads[1][name] - plain).abs().max() / plain.abs().max()).item()
+        assert err <= 1e-6, f"{name}: checkpointed gradient differs by {err:.2e} (relative)"
+
+
 # ----------------------------------------------------------------------------- add, set, delete
 
 

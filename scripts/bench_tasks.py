@@ -18,7 +18,8 @@ accuracy, train wall time.
                                            linear head            ("zero-shot": the head alone)
 
 Choice accuracy scores each answer word by its summed log-probability after the prompt
-(minireft.hf.evaluation.score_choices). Prompts use the chat template for SmolLM2.
+(minireft.hf.evaluation.score_choices). Prompts use the chat template for SmolLM2
+(train()'s default for a tokenizer that has one).
 
 Instruction following is generated here (constraints_task): short instructions whose
 answer a program can check exactly (upper-case a word, spell it with hyphens, put it in
@@ -388,7 +389,8 @@ def run(tasks, methods, *, lm, encoder, n_train: int, n_test: int, out: Path | N
         chat_template: bool = True, max_steps: int | None = None, log=print) -> list[dict]:
     """Every (task, method) row; lm and encoder are (model, tokenizer) pairs (encoder may be
     None when rotten_tomatoes is not asked for). max_steps caps every method's optimizer
-    steps (None: the defaults'). Writes the report when `out` is given."""
+    steps (None: the defaults'). With `out`, the report is rewritten after every row, so a run
+    that stops keeps the rows it finished."""
     rows = []
     for name in tasks:
         task = load_task(name, n_train, n_test)
@@ -399,12 +401,16 @@ def run(tasks, methods, *, lm, encoder, n_train: int, n_test: int, out: Path | N
                                 max_steps=max_steps)}
             rows.append(row)
             log(json.dumps(row))
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-        (out / "results.md").write_text(markdown(rows) + "\n")
-        plot(rows, out / "accuracy_vs_params.png")
+            if out is not None:
+                write_report(rows, out)
     return rows
+
+
+def write_report(rows: list[dict], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(rows) + "\n")
+    plot(rows, out / "accuracy_vs_params.png")
 
 
 def main(argv=None) -> int:
@@ -424,6 +430,7 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    sys.stdout.reconfigure(line_buffering=True)  # each row shows as it finishes, even into a file
     lm = load_model("smollm2")
     encoder = load_encoder() if "rotten_tomatoes" in args.tasks else None
     out = Path(args.out) / ("quick" if args.quick else "")

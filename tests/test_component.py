@@ -336,6 +336,7 @@ def test_minireft_train_takes_component():
     args = parser.parse_args(["train", "--model", "m", "--data", "d.jsonl", "--output", "o",
                               "--component", "attention_output"])
     assert args.component == "attention_output"
+    assert cli._reft_config(args, 3).component == "attention_output"
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--model", "m", "--data", "d.jsonl", "--component", "attn"])
 

@@ -3,9 +3,11 @@ train the same adapter as one process with the same global batch; bad input stop
 rank before anything is written; `torchrun --nproc_per_node 2 -m minireft train` writes
 the adapter of a one-process `minireft train`.
 
-Each case spawns 2 processes (torch.multiprocessing, gloo on localhost); each takes ~10 s.
-MINIREFT_TEST_BACKEND=nccl runs the processes on cuda:0 and cuda:1 instead (2 GPUs;
-scripts/gpu_check.sh does).
+One launch of 2 processes (torch.multiprocessing, gloo on localhost) runs every case in turn,
+each in a fresh process group of its own, and the tests read what each case left behind:
+most of a launch is importing torch and transformers in the children, so one launch instead
+of one per case saves ~10 s a case. MINIREFT_TEST_BACKEND=nccl runs the processes on cuda:0
+and cuda:1 instead (2 GPUs; scripts/gpu_check.sh does).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import socket
 import traceback
 import warnings
+from datetime import timedelta
 
 import pytest
 
@@ -46,14 +49,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, folder: str, overrides: dict) -> None:
-    """One rank: join the gloo group, train, save its parameters (or its error) in `folder`."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+# Every case of the launch: {"all": run overrides for every rank, "<rank>": for one rank}.
+BAD_INPUT = {
+    "batch_not_divisible": ({"all": {"batch_size": 3}},
+                            "batch_size=3 (the global micro-batch) is not divisible by the 2"),
+    "ranks_disagree": ({"1": {"lr": 1e-2}}, "ranks disagree on the run (lr: rank 0 0.02, rank 1 0.01)"),
+    "one_rank_fails": ({"1": {"batch_size": -1}},
+                       "rank 1 of 2 stopped before training (ValueError: batch_size must be"),
+}
+CASES = {"same_as_one_process": {}, **{name: overrides for name, (overrides, _) in BAD_INPUT.items()}}
+
+
+def _worker(rank: int, world: int, ports: list, folder: str, cases: dict) -> None:
+    """One rank: for each case, in its own folder and its own gloo group, train and save its
+    parameters (or its error)."""
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", "this run takes")
     if BACKEND == "nccl":
         torch.cuda.set_device(rank)
-    dist.init_process_group(BACKEND, rank=rank, world_size=world)
+    for port, (name, overrides) in zip(ports, cases.items()):
+        # a fresh group per case: a case that leaves the ranks out of step cannot hang the next
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group(BACKEND, rank=rank, world_size=world, timeout=timedelta(minutes=5))
+        try:
+            _run_case(rank, os.path.join(folder, name), overrides)
+        finally:
+            dist.destroy_process_group()
+
+
+def _run_case(rank: int, folder: str, overrides: dict) -> None:
+    os.makedirs(folder, exist_ok=True)
     try:
         run = {**RUN, **overrides.get("all", {}), **overrides.get(str(rank), {})}
         model = reft(_on_device(tiny_llama()), layers=(0, 1), positions="f1+l2", seed=rank)  # rank 0's init wins
@@ -65,18 +90,21 @@ def _worker(rank: int, world: int, port: int, folder: str, overrides: dict) -> N
     except Exception as exc:  # noqa: BLE001 - the parent reads it
         with open(os.path.join(folder, f"rank{rank}.err"), "w") as f:
             f.write(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
-    finally:
-        dist.destroy_process_group()
 
 
 def _on_device(model):
     return model.cuda() if BACKEND == "nccl" else model
 
 
-def _spawn(tmp_path, overrides=None, world: int = 2):
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """The folder of one 2-process launch that ran every case of CASES (a subfolder each)."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path), overrides or {}), nprocs=world, join=True)
+    folder = tmp_path_factory.mktemp("two_processes")
+    ports = [_free_port() for _ in CASES]
+    mp.spawn(_worker, args=(2, ports, str(folder), CASES), nprocs=2, join=True)
+    return folder
 
 
 def _single(tmp_path):
@@ -86,11 +114,11 @@ def _single(tmp_path):
     return {n: p.detach().cpu().clone() for n, p in model.named_trainable_parameters()}, result.losses
 
 
-def test_two_processes_train_the_single_process_adapter(tmp_path):
-    _spawn(tmp_path)
-    errors = sorted(tmp_path.glob("*.err"))
+def test_two_processes_train_the_single_process_adapter(launched, tmp_path):
+    ran = launched / "same_as_one_process"
+    errors = sorted(ran.glob("*.err"))
     assert not errors, errors[0].read_text()
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = [torch.load(ran / f"rank{r}.pt") for r in range(2)]
     want, want_losses = _single(tmp_path)
     for name in want:
         assert torch.equal(ranks[0][name], ranks[1][name]), f"{name} differs between the ranks"
@@ -98,27 +126,23 @@ def test_two_processes_train_the_single_process_adapter(tmp_path):
     assert err <= 1e-6, f"2 processes vs 1: max |Δ| = {err:.2e}"
     assert any(not torch.equal(ranks[0][n], reft(tiny_llama(), layers=(0, 1), positions="f1+l2").interventions
                                .get_parameter(n)) for n in want), "nothing trained"
-    losses = json.loads((tmp_path / "rank0.json").read_text())
+    losses = json.loads((ran / "rank0.json").read_text())
     assert len(losses) == len(want_losses) == RUN["epochs"] * -(-len(EXAMPLES) // 8)
     assert max(abs(a - b) for a, b in zip(losses, want_losses)) <= 1e-6
-    _, saved = load_adapter(tmp_path / "adapter")  # written by rank 0
+    _, saved = load_adapter(ran / "adapter")  # written by rank 0
     for name, p in ranks[0].items():
         assert torch.equal(torch.from_numpy(saved[name]), p), name
     print(f"\n2 gloo processes vs 1 process: max |Δ parameter| = {err:.3e}")
 
 
-@pytest.mark.parametrize("overrides, words", [
-    ({"all": {"batch_size": 3}}, "batch_size=3 (the global micro-batch) is not divisible by the 2"),
-    ({"1": {"lr": 1e-2}}, "ranks disagree on the run (lr: rank 0 0.02, rank 1 0.01)"),
-    ({"1": {"batch_size": -1}}, "rank 1 of 2 stopped before training (ValueError: batch_size must be"),
-])
-def test_bad_input_stops_every_rank_and_writes_nothing(tmp_path, overrides, words):
-    _spawn(tmp_path, overrides)
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_stops_every_rank_and_writes_nothing(launched, case):
+    ran, words = launched / case, BAD_INPUT[case][1]
     for rank in range(2):
-        assert (tmp_path / f"rank{rank}.err").exists(), f"rank {rank} went on training"
-    messages = [(tmp_path / f"rank{r}.err").read_text().splitlines()[0] for r in range(2)]
+        assert (ran / f"rank{rank}.err").exists(), f"rank {rank} went on training"
+    messages = [(ran / f"rank{r}.err").read_text().splitlines()[0] for r in range(2)]
     assert any(words in m for m in messages), messages
-    assert not (tmp_path / "adapter").exists() and not list(tmp_path.glob("adapter*"))
+    assert not (ran / "adapter").exists() and not list(ran.glob("adapter*"))
 
 
 def test_shards_are_disjoint_and_cover_the_batch():

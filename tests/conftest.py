@@ -9,6 +9,10 @@ import os
 # each other there, and on a shared 2-core runner a threaded QR runs several times slower
 # than a single-threaded one. Set before NumPy is first imported; override from outside.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Under pytest-xdist (`-n 2`, the README's command) each worker is one of two processes on
+# two cores: torch's OpenMP pool gets one thread too, or the workers oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -41,10 +45,43 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # slow, marked here so that a new one cannot be forgotten: `pytest -m "not slow"` skips them.
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "smollm2" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+    if config.getoption("dist", "no") == "loadgroup":
+        _schedule_for_two_workers(items)
+
+
+# ---------------------------------------------------------------- pytest-xdist: what runs where
+# `pytest -n 2 --dist loadgroup` hands out work units in collection order, each worker taking
+# the next when it has at most 2 tests left. A unit is one test, or the tests of a module that
+# share a module-scoped fixture (built once, on one worker: e.g. test_distributed's one
+# 2-process launch). The slow tests go first, one unit each, the longest (by their
+# `seconds` hint) first: they start at once, one on each worker, instead of ending last on
+# one; the short tests then fill in around them.
+CHEAP_MODULE_FIXTURES = {"one_thread"}
+
+
+def _shares_a_module_fixture(item) -> bool:
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    return any(d.scope in ("module", "package") for name, ds in defs.items()
+               if name not in CHEAP_MODULE_FIXTURES for d in ds)
+
+
+def _seconds(item) -> float:
+    """A slow test's cost hint, `@pytest.mark.slow(seconds=N)` (on one core; 0 when unset)."""
+    return max((m.kwargs.get("seconds", 0) for m in item.iter_markers("slow")), default=0)
+
+
+def _schedule_for_two_workers(items) -> None:
+    slow = sorted((i for i in items if i.get_closest_marker("slow")), key=lambda i: -_seconds(i))
+    rest = [i for i in items if not i.get_closest_marker("slow")]
+    for item in rest:
+        if not item.get_closest_marker("xdist_group") and _shares_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    items[:] = slow + rest
 
 
 @pytest.fixture(scope="module")

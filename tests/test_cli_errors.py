@@ -142,6 +142,16 @@ GENERATE_THEN_WAIT = textwrap.dedent("""
 """)
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT at its default, as in a terminal. A test run started in
+    the background (`pytest ... &` in a script) ignores SIGINT, the child would inherit that,
+    and Ctrl-C would not reach it (the test would wait for its watchdog). Only a signal
+    disposition changes between fork and exec: safe with the watchdog thread around."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_a_real_ctrl_c_during_generate_exits_130_with_one_line(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
@@ -160,7 +170,7 @@ def test_a_real_ctrl_c_during_generate_exits_130_with_one_line(tmp_path):
            "--adapter", str(adapter), "--prompt", "cat"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=ROOT)
+                            cwd=ROOT, preexec_fn=_sigint_as_in_a_terminal)  # noqa: PLW1509
     watchdog = threading.Timer(600, proc.kill)  # a hung child fails the test instead of hanging it
     watchdog.start()
     try:

@@ -200,6 +200,16 @@ def trained(llama_dir, tmp_path):
     return out, folder_bytes(out), data
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT at its default, as in a terminal. A test run started in
+    the background (`pytest ... &` in a script) ignores SIGINT, the child would inherit that,
+    and Ctrl-C would not reach it (the test would wait for its watchdog). Only a signal
+    disposition changes between fork and exec: safe with the watchdog thread around."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_keeps_the_old_adapter_and_the_last_step(llama_dir, trained):
     """A real Ctrl-C (SIGINT) to `python -m minireft train --overwrite` after its first step:
     exit 130, the old adapter byte-identical, the last completed step in one partial folder
@@ -215,7 +225,8 @@ def test_sigint_keeps_the_old_adapter_and_the_last_step(llama_dir, trained):
            "--log-every", "1", "--quiet"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root,
+                            preexec_fn=_sigint_as_in_a_terminal)  # noqa: PLW1509
     watchdog = threading.Timer(600, proc.kill)  # a hung child fails the test instead of hanging it
     watchdog.start()
     try:

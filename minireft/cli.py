@@ -380,8 +380,11 @@ def _add_generate(sub) -> argparse.ArgumentParser:
     return p
 
 
-@_one_line_errors("generate")
-def _run_generate(args) -> int:
+def _load_lm_adapter(args, needs: str):
+    """(ReftModel, tokenizer) for --model with the language-modelling adapter --adapter: the
+    folder is checked against the model's config before the weights load, and the adapter's
+    prompt format is restored (with a warning when this tokenizer's template differs, unless
+    --chat-template/--no-chat-template decides)."""
     from pathlib import Path
 
     from minireft.hf import preflight
@@ -389,15 +392,21 @@ def _run_generate(args) -> int:
 
     preflight.check_adapter(args.adapter, preflight.model_dims(args.model), args.model)
     if (Path(args.adapter) / HEAD_FILE).is_file():
-        raise ValueError(f"{args.adapter} holds a classifier (it has {HEAD_FILE}); generate needs a "
+        raise ValueError(f"{args.adapter} holds a classifier (it has {HEAD_FILE}); {needs} a "
                          "language-modelling adapter")
-    from minireft.hf.generation import generate_text
     from minireft.hf.model import ReftModel
 
     model, tokenizer = _load_base(args, "lm")
-    # the adapter's prompt format, and a warning if this tokenizer's template differs
     reft_model = ReftModel.from_pretrained(
         model, args.adapter, tokenizer=tokenizer if args.chat_template is None else None)
+    return reft_model, tokenizer
+
+
+@_one_line_errors("generate")
+def _run_generate(args) -> int:
+    reft_model, tokenizer = _load_lm_adapter(args, "generate needs")
+    from minireft.hf.generation import generate_text
+
     print(generate_text(reft_model, tokenizer, args.prompt, chat_template=args.chat_template,
                         max_new_tokens=args.max_new_tokens, sample=args.sample,
                         temperature=args.temperature, seed=args.seed))
@@ -506,22 +515,12 @@ def _eval_rows(path) -> list[dict]:
 def _run_eval(args) -> int:
     from pathlib import Path
 
-    from minireft.hf import preflight
-    from minireft.hf.classify import HEAD_FILE
-
     if args.batch_size < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
         raise ValueError("--batch-size and --max-new-tokens must be >= 1")
     rows = _eval_rows(args.data)
-    preflight.check_adapter(args.adapter, preflight.model_dims(args.model), args.model)
-    if (Path(args.adapter) / HEAD_FILE).is_file():
-        raise ValueError(f"{args.adapter} holds a classifier (it has {HEAD_FILE}); eval scores "
-                         "language-modelling adapters")
+    reft_model, tokenizer = _load_lm_adapter(args, "eval scores")
     from minireft.hf import evaluation
-    from minireft.hf.model import ReftModel
 
-    model, tokenizer = _load_base(args, "lm")
-    reft_model = ReftModel.from_pretrained(
-        model, args.adapter, tokenizer=tokenizer if args.chat_template is None else None)
     fmt = getattr(reft_model, "prompt_format", None)
     chat = args.chat_template if args.chat_template is not None else bool(fmt and fmt.chat_template)
     kwargs = {"chat_template": chat, "max_new_tokens": args.max_new_tokens,

@@ -252,8 +252,8 @@ class ReftModel(nn.Module):
         self._configs[name] = config
         self._module_paths[name] = path
         self._prompt_formats[name] = None
-        for key, layer in self._targets(blocks, config):
-            self._editors.setdefault(key, {})[name] = self.adapters[name][str(layer)]
+        for key in self._targets(blocks, config):
+            self._editors.setdefault(key, {})[name] = self.adapters[name][str(key[0])]
             if key not in self._hooks:
                 self._hooks[key] = self._register_hook(key)
         if self._active is None:
@@ -341,14 +341,10 @@ class ReftModel(nn.Module):
                 for group in c.groups})
             for layer in c.layers})
 
-    def _targets(self, blocks, config: ReftConfig) -> list[tuple[tuple[int, nn.Module], int]]:
-        """[((layer, module), layer)]: the module whose output each configured layer edits; one
-        hook per (layer, module) serves every adapter that edits it."""
-        targets = []
-        for layer in config.layers:
-            module = find_component(blocks[layer], config.component)  # the block, or its attention/MLP
-            targets.append(((layer, module), layer))
-        return targets
+    def _targets(self, blocks, config: ReftConfig) -> list[tuple[int, nn.Module]]:
+        """[(layer, module)]: the module whose output each configured layer edits (the block, or
+        its attention/MLP); one hook per (layer, module) serves every adapter that edits it."""
+        return [(layer, find_component(blocks[layer], config.component)) for layer in config.layers]
 
     def _register_hook(self, key: tuple[int, nn.Module]):
         # prepend=True: the edit runs before any other hook on the block, so that HF's

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from minireft.hf.data import IGNORE_INDEX, collate, encode_example, encode_prompt, pad_id
+from minireft.hf.prompt_format import resolve_chat_template
 from minireft.hf.training import _device, _logit_columns, _logits_at, lm_loss_sum
 
 EXTRA_NEW_TOKENS = 8  # generation budget beyond the longest reference completion
@@ -47,10 +48,7 @@ def _is_reft(model) -> bool:
 
 def _chat(model, chat_template: bool | None) -> bool:
     """chat_template when given, else the adapter's recorded prompt format, else False."""
-    if chat_template is not None:
-        return bool(chat_template)
-    fmt = getattr(model, "prompt_format", None)
-    return bool(fmt is not None and fmt.chat_template)
+    return resolve_chat_template(getattr(model, "prompt_format", None), chat_template)
 
 
 def _forward_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

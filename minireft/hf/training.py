@@ -51,7 +51,11 @@ from tqdm.auto import tqdm
 from minireft import io
 from minireft.hf import distributed
 from minireft.hf.data import IGNORE_INDEX, collate, encode_examples, pad_id
-from minireft.hf.prompt_format import prompt_format_of, training_chat_template
+from minireft.hf.prompt_format import (
+    prompt_format_of,
+    resolve_chat_template,
+    training_chat_template,
+)
 from minireft.hf.recipe import FEW_STEPS, LOG_FILE, PLOT_FILE, TRAIN, schedule
 from minireft.torch.edit import EditPlan
 from minireft.torch.optim import ReftOptimizer
@@ -324,7 +328,7 @@ def evaluate(model, tokenizer=None, examples=None, *, encoded=None, task: str | 
     task = _infer_task(model, task)
     if chat_template is None:
         fmt = getattr(getattr(model, "reft_model", model), "prompt_format", None)
-        chat_template = bool(fmt is not None and fmt.chat_template and task == "lm")
+        chat_template = task == "lm" and resolve_chat_template(fmt)
     if encoded is None:
         encoded = encode_examples(tokenizer, examples, task=task, chat_template=chat_template,
                                   max_length=max_length)

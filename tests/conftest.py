@@ -45,6 +45,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # slow, marked here so that a new one cannot be forgotten: `pytest -m "not slow"` skips them.
 
 
+def pytest_configure(config):
+    # xdist's loadgroup re-sorts work units by size (biggest group first) unless told not to,
+    # which would start the slow one-test units last; _schedule_for_two_workers orders them.
+    if getattr(config.option, "dist", "no") == "loadgroup":
+        config.option.loadscopereorder = False
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     for item in items:

@@ -101,6 +101,12 @@ def test_exact_match_counts_rows_whose_normalised_generation_equals_the_completi
     assert result["exact_match"] == 0.5 and result["n"] == 4
 
 
+def test_batches_group_rows_by_length_longest_first():
+    # lengths 3, 9, 1, 9, 5: the two 9s (ties in input order), then 5 and 3, then 1
+    assert evaluation._batches_by_length([3, 9, 1, 9, 5], 2) == [[1, 3], [4, 0], [2]]
+    assert evaluation._batches_by_length([], 4) == []
+
+
 CHOICE_ROWS = [
     {"prompt": "cat", "completion": "m", "choices": ["m", "woof", "o"]},
     {"prompt": "a longer prompt", "completion": "yes", "choices": ["no", "yes"]},

@@ -19,7 +19,10 @@ score a bare model as its adapter would be.
 
 Greedy generation runs in batches with left padding (a row's positions count its real
 tokens, as generate() makes them); the edit sees each row's prompt positions from the
-attention mask, so a row's output does not depend on its batch-mates.
+attention mask, so a row's output does not depend on its batch-mates. Every function
+batches rows of similar length together (longest first) and returns results in the input
+order: a batch is padded to its longest row, so random batches of rows whose lengths vary
+2-3x spend a third or more of their work on padding.
 """
 
 from __future__ import annotations
@@ -73,6 +76,13 @@ def _bar(total: int, desc: str, progress: bool):
                 file=sys.stderr, leave=False)
 
 
+def _batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of `batch_size`, longest rows first (ties in input order), so
+    each batch pads to a length close to its rows' own."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def _check_batch_size(batch_size) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
@@ -92,8 +102,8 @@ def mean_loss(model, tokenizer, examples: Sequence[dict], *, chat_template: bool
     pad, device = pad_id(tokenizer), _device(model)
     total, count = 0.0, 0
     with _bar(len(encoded), "loss", progress) as bar:
-        for start in range(0, len(encoded), batch_size):
-            chunk = encoded[start:start + batch_size]
+        for rows in _batches_by_length([len(e["input_ids"]) for e in encoded], batch_size):
+            chunk = [encoded[i] for i in rows]
             batch = {k: v.to(device) for k, v in collate(chunk, pad).items()}
             loss, n = lm_loss_sum(*_forward_logits(model, batch))
             total += float(loss)
@@ -113,17 +123,18 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], *, chat_template: 
     _check_batch_size(batch_size)
     chat_template = _chat(model, chat_template)
     pad, device = pad_id(tokenizer), _device(model)
-    out: list[str] = []
+    encoded = [encode_prompt(tokenizer, p, chat_template=chat_template) for p in prompts]
+    out: list[str] = [""] * len(prompts)
     with _bar(len(prompts), "generate", progress) as bar:
-        for start in range(0, len(prompts), batch_size):
-            ids = [encode_prompt(tokenizer, p, chat_template=chat_template)
-                   for p in prompts[start:start + batch_size]]
+        for rows in _batches_by_length([len(x) for x in encoded], batch_size):
+            ids = [encoded[i] for i in rows]
             width = max(len(x) for x in ids)
             input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)  # (B, n)
             mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
             generated = model.generate(input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                        do_sample=False, pad_token_id=pad)  # (B, n + new)
-            out += tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+            for i, text in zip(rows, tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)):
+                out[i] = text
             bar.update(len(ids))
     return out
 
@@ -195,12 +206,13 @@ def score_choices(model, tokenizer, examples: Sequence[dict], *, chat_template: 
                          "picks": [ids[0] for ids in choice_ids] if one_token else None})
             owners.append(i)
     pad, device = pad_id(tokenizer), _device(model)
-    flat: list[list[float]] = []
+    flat: list[list[float]] = [[] for _ in seqs]
     with _bar(len(seqs), "choices", progress) as bar:
-        for start in range(0, len(seqs), batch_size):
-            chunk = seqs[start:start + batch_size]
+        for rows in _batches_by_length([len(q["input_ids"]) for q in seqs], batch_size):
+            chunk = [seqs[j] for j in rows]
             batch = {k: v.to(device) for k, v in collate(chunk, pad).items()}
-            flat += _choice_log_probs(*_forward_logits(model, batch), [q["picks"] for q in chunk])
+            for j, s in zip(rows, _choice_log_probs(*_forward_logits(model, batch), [q["picks"] for q in chunk])):
+                flat[j] = s
             bar.update(len(chunk))
     scores: list[list[float]] = [[] for _ in examples]
     for owner, s in zip(owners, flat):

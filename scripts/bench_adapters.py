@@ -31,11 +31,16 @@ from __future__ import annotations
 import argparse
 import inspect
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from minireft import ReftConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_overhead import tiny_model  # noqa: E402  (--quick's 4-block random Llama, pad id 0)
 
 # The adapters on SmolLM2's 30 blocks; on a model of n blocks, block l becomes l·n // 30.
 ADAPTERS = {
@@ -189,17 +194,6 @@ def report(times: dict, results: dict, rows, names, new_tokens: int) -> list[str
 
 
 # ---------------------------------------------------------------------------- main
-
-
-def tiny_model(seed: int = 0):
-    """A 4-block random Llama (vocab 128, d = 32) for --quick; pad id 0."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    return LlamaForCausalLM(config).eval()
 
 
 def _blocks(layers) -> str:

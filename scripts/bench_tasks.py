@@ -246,12 +246,13 @@ def _steps_and_batch(n_train: int, max_steps: int | None) -> tuple[int, int]:
 def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0,
              max_steps: int | None = None) -> dict:
     """PEFT LoRA r8 on every linear layer of a copy of `model` (the shared model is untouched),
-    trained with ReFT's default steps and batch size, AdamW at LORA_LR, warmup + linear decay."""
+    trained with ReFT's default steps and batch size (in sub-batches of similar length, as train()
+    runs ReFT on a CPU), AdamW at LORA_LR, warmup + linear decay."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     from minireft.hf.data import collate, encode_examples, pad_id
-    from minireft.hf.training import linear_schedule, lm_loss_sum
+    from minireft.hf.training import CHUNK_OVERHEAD_TOKENS, length_chunks, linear_schedule, lm_loss_sum
 
     torch.manual_seed(seed)
     is_classify = task.kind == "classify"
@@ -273,17 +274,19 @@ def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0
         if len(order) < batch_size:
             order += torch.randperm(len(encoded), generator=generator).tolist()
         idx, order = order[:batch_size], order[batch_size:]
-        batch = collate([encoded[i] for i in idx], pad_id(tokenizer))
-        if is_classify:
-            hidden = lora(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-            loss = torch.nn.functional.cross_entropy(head(hidden[:, 0]), batch["labels"])
-        else:
-            logits = lora(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          use_cache=False).logits
-            total, count = lm_loss_sum(logits, batch["labels"])
-            loss = total / max(1, count)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        n_targets = len(idx) if is_classify else sum(_lm_targets(encoded[i]) for i in idx)
+        # sub-batches of similar length, as train() runs ReFT on a CPU: the same gradient
+        for rows in length_chunks(idx, {i: len(encoded[i]["input_ids"]) for i in idx}, CHUNK_OVERHEAD_TOKENS):
+            batch = collate([encoded[i] for i in rows], pad_id(tokenizer))
+            if is_classify:
+                hidden = lora(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+                total = torch.nn.functional.cross_entropy(head(hidden[:, 0]), batch["labels"], reduction="sum")
+            else:
+                logits = lora(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              use_cache=False).logits
+                total, _ = lm_loss_sum(logits, batch["labels"])
+            (total / max(1, n_targets)).backward()
         optimizer.step()
         scheduler.step()
     seconds = time.perf_counter() - start
@@ -294,6 +297,12 @@ def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0
     else:
         accuracy = score_lm(lora, tokenizer, task, chat_template=chat_template)
     return {"params": n_params, "accuracy": accuracy, "seconds": seconds, "steps": steps}
+
+
+def _lm_targets(example: dict) -> int:
+    from minireft.hf.data import IGNORE_INDEX
+
+    return sum(1 for y in example["labels"][1:] if y != IGNORE_INDEX)
 
 
 def _score_lora_classifier(encoder, head, tokenizer, task: Task) -> float:

@@ -29,9 +29,16 @@ IFEval-style set: none installs offline with its prompts here, and its open-ende
 would take hours to generate on a CPU; these outputs are a few tokens, checked exactly.
 
 Usage:
-    python scripts/bench_tasks.py             # default size (~40 min on 2 idle CPU cores)
+    python scripts/bench_tasks.py             # default size: about 2 hours on 2 CPU cores
     python scripts/bench_tasks.py --quick     # tiny sizes: a smoke test of every path
     python scripts/bench_tasks.py --tasks boolq piqa --methods zero-shot loreft lora
+    python scripts/bench_tasks.py --tasks rotten_tomatoes --methods loreft --lr 2e-2   # a candidate
+
+The default size costs what the defaults cost: 64 steps of 8 rows through most of SmolLM2's
+blocks is 5 s a step for ~90-token rows and 13 s for BoolQ's ~180 on 2 cores, for three
+trained methods and four LM tasks, plus 4 × 300 held-out rows per task (results/bench_tasks).
+A candidate (--rank, --positions, --layers, --lr, --min-steps, --seed) changes LoReFT's and
+DiReFT's rows only and writes to <out>/candidate.
 
 Needs `pip install peft matplotlib` (the optional "bench" extra) besides minireft[torch].
 Writes results/bench_tasks/results.md (the table), results.json and accuracy_vs_params.png.
@@ -59,6 +66,9 @@ METHODS = ("zero-shot", "loreft", "direft", "lora")
 FAMILY = {"piqa": "commonsense", "boolq": "reading", "asdiv": "arithmetic",
           "constraints": "instruction following", "rotten_tomatoes": "classification"}
 LORA_RANK, LORA_ALPHA, LORA_LR = 8, 16, 5e-4
+# A ReFT candidate (--rank, --positions, --layers, --lr, --min-steps, --seed) replaces these
+# of the defaults for LoReFT and DiReFT only; zero-shot and LoRA stay as they are.
+CONFIG_FIELDS, TRAIN_FIELDS = ("layers", "rank", "positions"), ("lr", "min_steps")
 SIZES = {"default": {"train": 256, "test": 300, "max_steps": None},
          "quick": {"train": 16, "test": 8, "max_steps": 4}}
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -173,24 +183,26 @@ def score_lm(model, tokenizer, task: Task, *, chat_template: bool, batch_size: i
 # ---------------------------------------------------------------------------- methods
 
 
-def reft_config(model, intervention: str):
+def reft_config(model, intervention: str, **fields):
     """minireft's default intervention for this model: the recipe's layers, ReftConfig's rank
-    and positions."""
+    and positions; `fields` (layers, rank, positions) override them for a candidate."""
     from minireft import ReftConfig
     from minireft.hf.blocks import find_blocks
     from minireft.hf.recipe import default_layers
 
     _, blocks = find_blocks(model, None)
-    return ReftConfig(layers=default_layers(len(blocks)), intervention=intervention)
+    return ReftConfig(**{"layers": default_layers(len(blocks)), **fields}, intervention=intervention)
 
 
 def run_reft(model, tokenizer, task: Task, intervention: str, *, chat_template: bool, seed: int = 0,
-             head_only: bool = False, max_steps: int | None = None) -> dict:
+             head_only: bool = False, max_steps: int | None = None, candidate: dict | None = None) -> dict:
     """Train minireft's default LoReFT / DiReFT (with all of train()'s defaults) and score it."""
     from minireft.hf.model import attach
     from minireft.hf.training import train
 
-    reft = attach(model, reft_config(model, intervention), seed=seed)
+    candidate = candidate or {}
+    fields = {k: candidate[k] for k in CONFIG_FIELDS if k in candidate}
+    reft = attach(model, reft_config(model, intervention, **fields), seed=seed)
     try:
         trained = reft
         if task.kind == "classify":
@@ -203,6 +215,7 @@ def run_reft(model, tokenizer, task: Task, intervention: str, *, chat_template: 
                 _identity(reft)
         start = time.perf_counter()
         result = train(trained, tokenizer, task.train, seed=seed, progress=False, max_steps=max_steps,
+                       **{k: candidate[k] for k in TRAIN_FIELDS if k in candidate},
                        **({} if task.kind == "classify" else {"chat_template": chat_template}))
         seconds = time.perf_counter() - start
         accuracy = score_classifier(trained, tokenizer, task) if task.kind == "classify" else \
@@ -321,7 +334,7 @@ def _score_lora_classifier(encoder, head, tokenizer, task: Task) -> float:
 
 
 def run_method(method: str, model, tokenizer, task: Task, *, chat_template: bool,
-               max_steps: int | None = None) -> dict:
+               max_steps: int | None = None, candidate: dict | None = None) -> dict:
     """{"params", "accuracy", "seconds" (training), "steps"} of one method on one task."""
     if method == "zero-shot":
         if task.kind == "classify":
@@ -332,7 +345,8 @@ def run_method(method: str, model, tokenizer, task: Task, *, chat_template: bool
         return {"params": 0, "accuracy": accuracy, "seconds": 0.0, "steps": 0,
                 "eval_seconds": time.perf_counter() - start}
     if method in ("loreft", "direft"):
-        return run_reft(model, tokenizer, task, method, chat_template=chat_template, max_steps=max_steps)
+        return run_reft(model, tokenizer, task, method, chat_template=chat_template, max_steps=max_steps,
+                        seed=(candidate or {}).get("seed", 0), candidate=candidate)
     if method == "lora":
         return run_lora(model, tokenizer, task, chat_template=chat_template, max_steps=max_steps)
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
@@ -362,7 +376,9 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| family | task | method | trainable params | held-out accuracy | n test | train s |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {FAMILY[r['task']]} | {r['task']} | {r['method']} | {r['params']:,} | "
+        method = r["method"] + (" (" + ", ".join(f"{k} {v}" for k, v in r["candidate"].items()) + ")"
+                                if r.get("candidate") else "")
+        lines.append(f"| {FAMILY[r['task']]} | {r['task']} | {method} | {r['params']:,} | "
                      f"{r['accuracy']:.3f} | {r['n_test']} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
@@ -395,19 +411,23 @@ def plot(rows: list[dict], path: Path) -> bool:
 
 
 def run(tasks, methods, *, lm, encoder, n_train: int, n_test: int, out: Path | None,
-        chat_template: bool = True, max_steps: int | None = None, log=print) -> list[dict]:
+        chat_template: bool = True, max_steps: int | None = None, candidate: dict | None = None,
+        log=print) -> list[dict]:
     """Every (task, method) row; lm and encoder are (model, tokenizer) pairs (encoder may be
     None when rotten_tomatoes is not asked for). max_steps caps every method's optimizer
     steps (None: the defaults'). With `out`, the report is rewritten after every row, so a run
-    that stops keeps the rows it finished."""
+    that stops keeps the rows it finished. `candidate` (CONFIG_FIELDS, TRAIN_FIELDS, "seed")
+    replaces ReFT's defaults; its rows record it."""
     rows = []
     for name in tasks:
         task = load_task(name, n_train, n_test)
         model, tokenizer = encoder if task.kind == "classify" else lm
         for method in methods:
+            reft = method in ("loreft", "direft") and bool(candidate)
             row = {"task": name, "method": method, "n_train": len(task.train), "n_test": len(task.test),
+                   **({"candidate": candidate} if reft else {}),
                    **run_method(method, model, tokenizer, task, chat_template=chat_template,
-                                max_steps=max_steps)}
+                                max_steps=max_steps, candidate=candidate if reft else None)}
             rows.append(row)
             log(json.dumps(row))
             if out is not None:
@@ -431,7 +451,17 @@ def main(argv=None) -> int:
     p.add_argument("--n-test", type=int, help="held-out rows per task (default 300; --quick 8)")
     p.add_argument("--out", default=str(ROOT / "results" / "bench_tasks"))
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    cand = p.add_argument_group("a ReFT candidate (LoReFT and DiReFT rows only; the defaults otherwise)")
+    cand.add_argument("--rank", type=int)
+    cand.add_argument("--positions", help='e.g. "f1", "l3", "f7+l7"')
+    cand.add_argument("--layers", help='blocks, e.g. "0,2,4"')
+    cand.add_argument("--lr", type=float)
+    cand.add_argument("--min-steps", type=int)
+    cand.add_argument("--seed", type=int)
     args = p.parse_args(argv)
+    candidate = {k: getattr(args, k) for k in (*CONFIG_FIELDS, *TRAIN_FIELDS, "seed") if getattr(args, k) is not None}
+    if "layers" in candidate:
+        candidate["layers"] = tuple(int(x) for x in candidate["layers"].split(","))
     size = SIZES["quick" if args.quick else "default"]
     import torch
 
@@ -442,10 +472,10 @@ def main(argv=None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # each row shows as it finishes, even into a file
     lm = load_model("smollm2")
     encoder = load_encoder() if "rotten_tomatoes" in args.tasks else None
-    out = Path(args.out) / ("quick" if args.quick else "")
+    out = Path(args.out) / ("quick" if args.quick else "") / ("candidate" if candidate else "")
     start = time.perf_counter()
     rows = run(args.tasks, args.methods, lm=lm, encoder=encoder, n_train=args.n_train or size["train"],
-               n_test=args.n_test or size["test"], out=out, max_steps=size["max_steps"])
+               n_test=args.n_test or size["test"], out=out, max_steps=size["max_steps"], candidate=candidate)
     print(markdown(rows))
     print(f"wrote {out}/results.md, results.json, accuracy_vs_params.png in {time.perf_counter() - start:.0f} s")
     return 0

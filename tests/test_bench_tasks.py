@@ -116,3 +116,18 @@ def test_every_task_and_method_runs_and_reports(bench, tmp_path, methods):
     assert table.count("\n") == len(rows) + 2
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "accuracy_vs_params.png").stat().st_size > 0
+
+
+def test_a_reft_candidate_replaces_the_defaults_for_reft_rows_only(bench, tmp_path):
+    _need_data()
+    lm, encoder = tiny_lm(), tiny_encoder()
+    candidate = {"rank": 1, "positions": "f1", "layers": (0,), "lr": 1e-2, "min_steps": 3, "seed": 1}
+    rows = bench.run(("piqa", "rotten_tomatoes"), ("zero-shot", "loreft"), lm=lm, encoder=encoder, n_train=6,
+                     n_test=3, out=tmp_path, max_steps=2, candidate=candidate, log=lambda line: None)
+    by = {(r["task"], r["method"]): r for r in rows}
+    one_edit = 2 * 32 + 1  # rank 1 at one position group of one block: R (1, 32), W (1, 32), b (1,)
+    assert by[("piqa", "loreft")]["params"] == one_edit
+    assert by[("rotten_tomatoes", "loreft")]["params"] == one_edit + 32 * 2 + 2  # and the head
+    assert by[("piqa", "loreft")]["candidate"] == candidate and "candidate" not in by[("piqa", "zero-shot")]
+    assert "| loreft (rank 1, positions f1, layers (0,), lr 0.01, min_steps 3, seed 1) |" in \
+        (tmp_path / "results.md").read_text()

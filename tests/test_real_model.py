@@ -50,7 +50,9 @@ def _load_script(name: str):
 @pytest.fixture(autouse=True)
 def two_threads():
     """Real-model work wants the machine's cores (other test modules pin torch to 1 thread);
-    under pytest-xdist each worker has one core, and the other worker is busy on the other."""
+    under pytest-xdist each worker has one core: the two real-model tests start together, one
+    on each worker, and two 2-thread OpenMP pools on 2 cores spin against each other (tried:
+    both were still running after 4.5 min; on one thread each they take ~4 and ~2)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
     yield

@@ -265,7 +265,7 @@ def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0
     from peft import LoraConfig, get_peft_model
 
     from minireft.hf.data import collate, encode_examples, pad_id
-    from minireft.hf.training import CHUNK_OVERHEAD_TOKENS, length_chunks, linear_schedule, lm_loss_sum
+    from minireft.hf.training import CHUNK_OVERHEAD_TOKENS, _targets_of, length_chunks, linear_schedule, lm_loss_sum
 
     torch.manual_seed(seed)
     is_classify = task.kind == "classify"
@@ -288,7 +288,7 @@ def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0
             order += torch.randperm(len(encoded), generator=generator).tolist()
         idx, order = order[:batch_size], order[batch_size:]
         optimizer.zero_grad(set_to_none=True)
-        n_targets = len(idx) if is_classify else sum(_lm_targets(encoded[i]) for i in idx)
+        n_targets = sum(_targets_of(encoded[i], "classification" if is_classify else "lm") for i in idx)
         # sub-batches of similar length, as train() runs ReFT on a CPU: the same gradient
         for rows in length_chunks(idx, {i: len(encoded[i]["input_ids"]) for i in idx}, CHUNK_OVERHEAD_TOKENS):
             batch = collate([encoded[i] for i in rows], pad_id(tokenizer))
@@ -310,12 +310,6 @@ def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0
     else:
         accuracy = score_lm(lora, tokenizer, task, chat_template=chat_template)
     return {"params": n_params, "accuracy": accuracy, "seconds": seconds, "steps": steps}
-
-
-def _lm_targets(example: dict) -> int:
-    from minireft.hf.data import IGNORE_INDEX
-
-    return sum(1 for y in example["labels"][1:] if y != IGNORE_INDEX)
 
 
 def _score_lora_classifier(encoder, head, tokenizer, task: Task) -> float:

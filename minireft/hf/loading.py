@@ -140,6 +140,12 @@ def _gguf_in_folder(folder: Path) -> Path | None:
     return found[0] if found else None
 
 
+def gguf_file_of(path: Path) -> Path | None:
+    """The GGUF file `path` names: the file itself, or a folder's one *.gguf (see
+    _gguf_in_folder, which raises ValueError for several); None for anything else."""
+    return path if is_gguf_file(path) else _gguf_in_folder(path) if path.is_dir() else None
+
+
 def _looks_like_path(name: str) -> bool:
     """A name that can only be a path: a hub name is "name" or "owner/name"."""
     return (os.path.isabs(name) or name.startswith(("~", ".")) or name.endswith(".gguf")
@@ -181,7 +187,7 @@ def resolve_model(name_or_path) -> tuple[str, str | Path]:
     if name.lower() in SMOLLM2_ALIASES:
         return "smollm2", smollm2_gguf_path()  # raises MissingPackageError with the pip command
     path = Path(name).expanduser()
-    gguf = path if is_gguf_file(path) else _gguf_in_folder(path) if path.is_dir() else None
+    gguf = gguf_file_of(path)
     if gguf is not None:
         packaged = packaged_smollm2_path()
         if packaged is not None and gguf.resolve() == packaged.resolve():

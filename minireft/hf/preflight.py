@@ -70,12 +70,11 @@ def model_dims(name_or_path) -> tuple[int, int] | None:
 
 
 def _gguf_file(path: Path) -> Path | None:
-    """The GGUF file that load_model would read for `path` (the file, or a folder's one
-    *.gguf), else None."""
-    from minireft.hf.loading import _gguf_in_folder, is_gguf_file
+    """The GGUF file that load_model would read for `path`, else None."""
+    from minireft.hf.loading import gguf_file_of
 
     try:
-        return path if is_gguf_file(path) else _gguf_in_folder(path) if path.is_dir() else None
+        return gguf_file_of(path)
     except (OSError, ValueError):  # several GGUF files: load_model names them
         return None
 
@@ -132,7 +131,9 @@ def _read_gguf_dims(fh) -> tuple[int, int] | None:
             return None
         raise ValueError(f"unknown GGUF value type {kind}")
 
-    if fh.read(4) != b"GGUF" or unpack("I") not in (2, 3):
+    from minireft.hf.loading import GGUF_MAGIC
+
+    if fh.read(4) != GGUF_MAGIC or unpack("I") not in (2, 3):
         return None
     unpack("Q")  # tensor count
     found: dict[str, object] = {}

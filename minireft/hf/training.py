@@ -363,10 +363,10 @@ CHUNK_OVERHEAD_TOKENS = 64
 
 
 def length_chunks(rows: list[int], lengths, overhead: int = CHUNK_OVERHEAD_TOKENS) -> list[list[int]]:
-    """`rows` (example indices, lengths[i] tokens each; lengths a list or dict) partitioned into sub-batches of
-    similar length that minimise Σ_chunks (overhead + |chunk| · max length in the chunk),
-    the padded positions a CPU computes: rows sorted by length (ties in input order), cut
-    into runs by dynamic programming. One chunk when rows are of one length."""
+    """`rows` (example indices, lengths[i] tokens each; lengths a list or dict) partitioned
+    into sub-batches of similar length that minimise Σ_chunks (overhead + |chunk| · max length
+    in the chunk), the padded positions a CPU computes: rows sorted by length (ties in input
+    order), cut into runs by dynamic programming. One chunk when rows are of one length."""
     order = [i for _, _, i in sorted((lengths[i], k, i) for k, i in enumerate(rows))]
     n = len(order)
     best = [0.0] + [math.inf] * n  # best[j]: the cost of order[:j]
@@ -394,8 +394,8 @@ def _train_step(model, encoded, groups, task, pad, device, padding_side) -> tupl
         mine = distributed.shard(idx, rank, world)
         if not mine:  # a short last micro-batch: this rank has no row of it
             continue
-        lengths = {i: len(encoded[i]["input_ids"]) for i in mine}
-        chunks = length_chunks(mine, lengths, CHUNK_OVERHEAD_TOKENS) if device.type == "cpu" else [mine]
+        chunks = [mine] if device.type != "cpu" else \
+            length_chunks(mine, {i: len(encoded[i]["input_ids"]) for i in mine}, CHUNK_OVERHEAD_TOKENS)
         for rows in chunks:
             loss, _ = _loss_sum(model, collate([encoded[i] for i in rows], pad, padding_side=padding_side), task)
             (loss / max(1, n_targets)).backward()

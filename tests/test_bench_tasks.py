@@ -72,12 +72,16 @@ TASKS = ("piqa", "asdiv", "constraints", "rotten_tomatoes")
 
 def test_constraints_are_held_out_by_word_and_checked_exactly(bench):
     _need_data()
-    train = bench.constraints_task("train", 600)
-    test = bench.constraints_task("test", 300)
     word = bench.re.compile(r"'([a-z]+)'")
-    train_words = {word.search(r["prompt"]).group(1) for r in train}
-    test_words = {word.search(r["prompt"]).group(1) for r in test}
-    assert not train_words & test_words
+    words = {split: {word.search(r["prompt"]).group(1) for r in bench.constraints_task(split, n)}
+             for split, n in (("train", 600), ("tune", 600), ("val", 600), ("test", 300))}
+    assert not words["train"] & words["test"]
+    # tune_defaults trains on "tune" and validates on "val": the two halves of "train"
+    for w in bench.constraint_words():
+        split = {s for s in ("train", "tune", "val", "test") if bench._in_split(w, s)}
+        assert split in ({"test"}, {"train", "tune"}, {"train", "val"}), (w, split)
+    assert not words["val"] & (words["tune"] | words["test"])
+    test = bench.constraints_task("test", 300)
     for r in test:
         w = word.search(r["prompt"]).group(1)
         assert r["completion"] in (w.upper(), "-".join(w), f"[{w}]", f"{w} {w} {w}", str(len(w)), w[0])

@@ -19,7 +19,7 @@ from test_train import tiny_llama, tiny_tokenizer
 from minireft import ReftConfig
 from minireft.cli import main
 from minireft.hf import evaluation
-from minireft.hf.data import encode_example, encode_prompt
+from minireft.hf.data import batches_by_length, encode_example, encode_prompt
 from minireft.hf.model import attach
 
 PROMPTS = ["cat", "a longer prompt", "dog!", "x"]  # different lengths: batches are padded
@@ -103,8 +103,8 @@ def test_exact_match_counts_rows_whose_normalised_generation_equals_the_completi
 
 def test_batches_group_rows_by_length_longest_first():
     # lengths 3, 9, 1, 9, 5: the two 9s (ties in input order), then 5 and 3, then 1
-    assert evaluation._batches_by_length([3, 9, 1, 9, 5], 2) == [[1, 3], [4, 0], [2]]
-    assert evaluation._batches_by_length([], 4) == []
+    assert batches_by_length([3, 9, 1, 9, 5], 2) == [[1, 3], [4, 0], [2]]
+    assert batches_by_length([], 4) == []
 
 
 CHOICE_ROWS = [

@@ -535,6 +535,20 @@ def test_left_and_right_padding_agree():
         assert err < 1e-9, f"{name}: right vs left padding differ by {err:.3e}"
 
 
+def test_evaluate_batches_by_length_and_matches_one_row_at_a_time():
+    """evaluate() runs rows longest first; the loss is the same token-weighted sum as row by row."""
+    tok = tiny_tokenizer()
+    examples = [{"prompt": "a", "completion": "bcdefghij"}, {"prompt": "ghijkl", "completion": "m"},
+                {"prompt": "no", "completion": "pq"}, {"prompt": "rstuvwxyz ab", "completion": "cd"},
+                {"prompt": "e", "completion": "f"}]
+    model = reft(tiny_llama(dtype=torch.float64), dtype="float64")
+    whole = evaluate(model, tok, examples, batch_size=2)
+    rows = [evaluate(model, tok, [ex], batch_size=1) for ex in examples]
+    want = sum(r["loss"] * r["targets"] for r in rows) / sum(r["targets"] for r in rows)
+    assert whole["targets"] == sum(r["targets"] for r in rows)
+    assert abs(whole["loss"] - want) < 1e-12, (whole["loss"], want)
+
+
 def test_max_steps_and_log_lines(capsys):
     tok = tiny_tokenizer()
     result = train(reft(tiny_llama()), tok, PAIRS, epochs=5, batch_size=1, max_steps=3, log_every=1,

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from minireft.hf.data import IGNORE_INDEX, collate, encode_example, encode_prompt, pad_id
+from minireft.hf.data import IGNORE_INDEX, batches_by_length, collate, encode_example, encode_prompt, pad_id
 from minireft.hf.prompt_format import resolve_chat_template
 from minireft.hf.training import _device, _logit_columns, _logits_at, lm_loss_sum
 
@@ -76,13 +76,6 @@ def _bar(total: int, desc: str, progress: bool):
                 file=sys.stderr, leave=False)
 
 
-def _batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Row indices in batches of `batch_size`, longest rows first (ties in input order), so
-    each batch pads to a length close to its rows' own."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-
-
 def _check_batch_size(batch_size) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
@@ -102,7 +95,7 @@ def mean_loss(model, tokenizer, examples: Sequence[dict], *, chat_template: bool
     pad, device = pad_id(tokenizer), _device(model)
     total, count = 0.0, 0
     with _bar(len(encoded), "loss", progress) as bar:
-        for rows in _batches_by_length([len(e["input_ids"]) for e in encoded], batch_size):
+        for rows in batches_by_length([len(e["input_ids"]) for e in encoded], batch_size):
             chunk = [encoded[i] for i in rows]
             batch = {k: v.to(device) for k, v in collate(chunk, pad).items()}
             loss, n = lm_loss_sum(*_forward_logits(model, batch))
@@ -126,7 +119,7 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], *, chat_template: 
     encoded = [encode_prompt(tokenizer, p, chat_template=chat_template) for p in prompts]
     out: list[str] = [""] * len(prompts)
     with _bar(len(prompts), "generate", progress) as bar:
-        for rows in _batches_by_length([len(x) for x in encoded], batch_size):
+        for rows in batches_by_length([len(x) for x in encoded], batch_size):
             ids = [encoded[i] for i in rows]
             width = max(len(x) for x in ids)
             input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)  # (B, n)
@@ -208,7 +201,7 @@ def score_choices(model, tokenizer, examples: Sequence[dict], *, chat_template: 
     pad, device = pad_id(tokenizer), _device(model)
     flat: list[list[float]] = [[] for _ in seqs]
     with _bar(len(seqs), "choices", progress) as bar:
-        for rows in _batches_by_length([len(q["input_ids"]) for q in seqs], batch_size):
+        for rows in batches_by_length([len(q["input_ids"]) for q in seqs], batch_size):
             chunk = [seqs[j] for j in rows]
             batch = {k: v.to(device) for k, v in collate(chunk, pad).items()}
             for j, s in zip(rows, _choice_log_probs(*_forward_logits(model, batch), [q["picks"] for q in chunk])):

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from minireft import io
 from minireft.hf import distributed
-from minireft.hf.data import IGNORE_INDEX, collate, encode_examples, pad_id
+from minireft.hf.data import IGNORE_INDEX, batches_by_length, collate, encode_examples, pad_id
 from minireft.hf.prompt_format import (
     prompt_format_of,
     resolve_chat_template,
@@ -326,7 +326,8 @@ def evaluate(model, tokenizer=None, examples=None, *, encoded=None, task: str | 
              padding_side: str = "right") -> dict:
     """Mean loss over every target of the held-out examples (token-weighted for "lm"),
     and accuracy for "classification". Pass raw `examples` (with `tokenizer`) or `encoded`.
-    chat_template=None: as the adapter's prompts were built (its prompt_format), else raw."""
+    chat_template=None: as the adapter's prompts were built (its prompt_format), else raw.
+    Rows run in batches of similar length (sums do not depend on the order)."""
     task = _infer_task(model, task)
     if chat_template is None:
         fmt = getattr(getattr(model, "reft_model", model), "prompt_format", None)
@@ -339,8 +340,8 @@ def evaluate(model, tokenizer=None, examples=None, *, encoded=None, task: str | 
     model.eval()
     total, count, correct = 0.0, 0, 0
     try:
-        for start in range(0, len(encoded), batch_size):
-            batch = collate(encoded[start:start + batch_size], pad, padding_side=padding_side)
+        for rows in batches_by_length([len(e["input_ids"]) for e in encoded], batch_size):
+            batch = collate([encoded[i] for i in rows], pad, padding_side=padding_side)
             loss, extra = _loss_sum(model, batch, task)
             total += float(loss.detach())
             count += _count_targets(batch, task)

@@ -36,7 +36,8 @@ Usage:
 
 The default size costs what the defaults cost: 64 steps of 8 rows through most of SmolLM2's
 blocks is 5 s a step for ~90-token rows and 13 s for BoolQ's ~180 on 2 cores, for three
-trained methods and four LM tasks, plus 4 × 300 held-out rows per task (results/bench_tasks).
+trained methods and four LM tasks, plus 4 × 300 held-out rows per task, about 30 minutes of
+scoring by itself (results/bench_tasks/README.md has the arithmetic).
 A candidate (--rank, --positions, --layers, --lr, --min-steps, --seed) changes LoReFT's and
 DiReFT's rows only and writes to <out>/candidate.
 

@@ -128,6 +128,8 @@ def constraints_task(split: str, n: int, seed: int = 0) -> list[dict]:
     the two parts of "train" that scripts/tune_defaults.py trains and validates on)."""
     import random
 
+    if split not in ("train", "test", "tune", "val"):
+        raise ValueError(f"split must be 'train', 'test', 'tune' or 'val', got {split!r}")
     words = [w for w in constraint_words() if _in_split(w, split)]
     rows = [{"prompt": template.format(w=w), "completion": answer(w)}
             for w in words for template, answer in _CONSTRAINTS]

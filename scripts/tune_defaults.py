@@ -66,6 +66,9 @@ CANDIDATES = {
     "defaults_64x8": dict(BASE, batch_size=8, lr=4e-3, warmup_ratio=0.1),
     "min32_bs4": dict(BASE, steps=32, warmup_ratio=0.1),
     "min32_bs4_lr2e-2": dict(BASE, steps=32, lr=2e-2, warmup_ratio=0.1),
+    # the defaults' run at the higher rates that matched LoRA on Rotten Tomatoes
+    "defaults_lr1e-2": dict(BASE, batch_size=8, lr=1e-2, warmup_ratio=0.1),
+    "defaults_lr2e-2": dict(BASE, batch_size=8, lr=2e-2, warmup_ratio=0.1),
 }
 TASKS = ("format", "rt", "boolq", "constraints")
 N_WORD_TRAIN = 128

@@ -237,6 +237,32 @@ def test_loss_is_the_models_loss(tmp_path):
     assert trainer.evaluate()["eval_loss"] == pytest.approx(hf.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_cpu_batch_runs_in_sub_batches_of_similar_length_with_the_same_gradient(tmp_path, side):
+    """One ~60-token row and three short ones: two sub-batches (1 and 3 rows, each cut to its
+    longest row), and the loss and gradient of the whole padded batch."""
+    from minireft.hf.data import collate
+
+    data = rows(4, completions=[55, 1, 2, 1])
+    batch = ReftDataCollator(padding_side=side)(data)
+    runs = {}
+    for name, collator in {"parts": ReftDataCollator(padding_side=side),
+                           "whole": lambda rows, side=side: collate(rows, 0, padding_side=side)}.items():
+        reft = new_reft()
+        trainer = ReftTrainer(reft, make_args(tmp_path / name), data_collator=collator)
+        shapes = []
+        reft.model.model.embed_tokens.register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape)))
+        loss = trainer.compute_loss(trainer.model, batch, num_items_in_batch=int((batch["labels"] != -100).sum()))
+        loss.backward()
+        runs[name] = (loss.detach(), {n: p.grad.clone() for n, p in reft.named_trainable_parameters()}, shapes)
+    longest, short = max(len(r["input_ids"]) for r in data), max(len(r["input_ids"]) for r in data[1:])
+    assert runs["whole"][2] == [(4, longest)]
+    assert sorted(runs["parts"][2]) == [(1, longest), (3, short)]
+    assert torch.allclose(runs["parts"][0], runs["whole"][0], rtol=1e-6, atol=0)
+    for n, g in runs["whole"][1].items():
+        assert torch.allclose(runs["parts"][1][n], g, rtol=1e-5, atol=1e-7), n
+
+
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     data = rows(4, completions=[1, 2, 1, 3])  # 7 targets: the two micro-batches cannot hold as many
     runs = {}

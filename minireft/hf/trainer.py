@@ -8,7 +8,9 @@ The loss of one optimizer step over its micro-batches m (gradient accumulation) 
 (each micro-batch returns its sum / N, N counted by Trainer over labels[..., 1:] of the whole
 step, and of every process), so accumulation gives one big batch's gradient, as in
 minireft.hf.training.train. Without num_items_in_batch (evaluation) a batch's loss is its
-mean over its own targets. Logits are built only where a target follows (train()'s rule).
+mean over its own targets. Logits are built only where a target follows (train()'s rule),
+and on a CPU a batch runs as sub-batches of similar length (train()'s length_chunks: the same
+sum, less padding computed).
 
 What differs from a plain Trainer:
 - the optimizer is ReftOptimizer (Riemannian Adam on St(r, d) for every R, AdamW for the
@@ -44,7 +46,7 @@ from torch import nn
 from minireft import io
 from minireft.hf.data import collate, pad_id
 from minireft.hf.model import ReftModel
-from minireft.hf.training import _logit_columns, _logits_at, _on, lm_loss_sum
+from minireft.hf.training import CHUNK_OVERHEAD_TOKENS, _logit_columns, _logits_at, _on, length_chunks, lm_loss_sum
 from minireft.torch.optim import ReftOptimizer
 
 ENCODED_FIELDS = ("input_ids", "labels", "prompt_length")  # one row of encode_examples
@@ -183,11 +185,14 @@ class ReftTrainer(transformers.Trainer):
             outputs = model(**inputs, use_cache=False)
             total, count = lm_loss_sum(outputs.logits, labels_cpu)
         else:
-            columns, kept = _logit_columns(labels_cpu)
-            with _logits_at(self.reft_model, _on(columns, labels.device)) as keep:
-                outputs = model(**inputs, use_cache=False, **keep)
-            logits = outputs.logits
-            total, count = lm_loss_sum(logits, kept if logits.shape[1] == len(columns) else labels_cpu)
+            total, count = 0, 0
+            for part, part_labels in self._length_parts(inputs, labels):
+                part_cpu = part_labels.cpu()
+                columns, kept = _logit_columns(part_cpu)
+                with _logits_at(self.reft_model, _on(columns, part_labels.device)) as keep:
+                    logits = model(**part, use_cache=False, **keep).logits
+                part_total, part_count = lm_loss_sum(logits, kept if logits.shape[1] == len(columns) else part_cpu)
+                total, count = total + part_total, count + part_count
         if num_items_in_batch is None:
             loss = total / max(count, 1)
         else:
@@ -196,6 +201,20 @@ class ReftTrainer(transformers.Trainer):
                 # N counts every process's targets and the processes' gradients are averaged.
                 loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
+
+    def _length_parts(self, inputs: dict, labels: torch.Tensor):
+        """(inputs, labels) of each sub-batch: rows of similar length (length_chunks), each cut
+        to its longest row, on a CPU with ReftDataCollator's padding; the whole batch otherwise."""
+        collator, mask = self.data_collator, inputs.get("attention_mask")
+        if not isinstance(collator, ReftDataCollator) or mask is None or labels.device.type != "cpu":
+            yield inputs, labels
+            return
+        lengths = mask.sum(1).tolist()  # (B,) real tokens per row
+        for rows in length_chunks(list(range(len(lengths))), lengths, CHUNK_OVERHEAD_TOKENS):
+            index, width = torch.tensor(rows), max(lengths[i] for i in rows)
+            cols = slice(0, width) if collator.padding_side == "right" else slice(mask.shape[1] - width, None)
+            part = {k: (v[index][:, cols] if v.dim() == 2 else v[index]) for k, v in inputs.items()}
+            yield part, labels[index][:, cols]
 
     # -- checkpoints
 

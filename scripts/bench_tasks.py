@@ -279,8 +279,8 @@ def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from minireft.hf.data import collate, encode_examples, pad_id
-    from minireft.hf.training import CHUNK_OVERHEAD_TOKENS, _targets_of, length_chunks, linear_schedule, lm_loss_sum
+    from minireft.hf.data import encode_examples, pad_id
+    from minireft.hf.training import _train_step, linear_schedule, lm_loss_sum
 
     torch.manual_seed(seed)
     is_classify = task.kind == "classify"
@@ -294,6 +294,13 @@ def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(math.ceil(0.1 * steps), steps))
     encoded = encode_examples(tokenizer, task.train, task="classification" if is_classify else "lm",
                               chat_template=chat_template and not is_classify)
+    def loss_sum(model, batch, task):
+        if is_classify:
+            hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            return torch.nn.functional.cross_entropy(head(hidden[:, 0]), batch["labels"], reduction="sum"), {}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        return lm_loss_sum(logits, batch["labels"])[0], {}
+
     generator = torch.Generator().manual_seed(seed)
     order: list[int] = []
     lora.train()
@@ -303,18 +310,9 @@ def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0
             order += torch.randperm(len(encoded), generator=generator).tolist()
         idx, order = order[:batch_size], order[batch_size:]
         optimizer.zero_grad(set_to_none=True)
-        n_targets = sum(_targets_of(encoded[i], "classification" if is_classify else "lm") for i in idx)
-        # sub-batches of similar length, as train() runs ReFT on a CPU: the same gradient
-        for rows in length_chunks(idx, {i: len(encoded[i]["input_ids"]) for i in idx}, CHUNK_OVERHEAD_TOKENS):
-            batch = collate([encoded[i] for i in rows], pad_id(tokenizer))
-            if is_classify:
-                hidden = lora(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-                total = torch.nn.functional.cross_entropy(head(hidden[:, 0]), batch["labels"], reduction="sum")
-            else:
-                logits = lora(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                              use_cache=False).logits
-                total, _ = lm_loss_sum(logits, batch["labels"])
-            (total / max(1, n_targets)).backward()
+        # train()'s step: sub-batches of similar length on a CPU, the loss over the step's targets
+        _train_step(lora, encoded, [idx], "classification" if is_classify else "lm", pad_id(tokenizer),
+                    torch.device("cpu"), "right", loss_sum=loss_sum)
         optimizer.step()
         scheduler.step()
     seconds = time.perf_counter() - start

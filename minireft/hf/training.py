@@ -386,10 +386,14 @@ def length_chunks(rows: list[int], lengths, overhead: int = CHUNK_OVERHEAD_TOKEN
     return chunks[::-1]
 
 
-def _train_step(model, encoded, groups, task, pad, device, padding_side) -> tuple[torch.Tensor, int]:
+def _train_step(model, encoded, groups, task, pad, device, padding_side,
+                loss_sum=None) -> tuple[torch.Tensor, int]:
     """Accumulate the gradient of one optimizer step over its micro-batches (this rank's shard
     of each, see minireft.hf.distributed); return (this rank's summed loss, a 0-d tensor on
-    `device`, and N, the targets of the whole step on every rank, counted on the host)."""
+    `device`, and N, the targets of the whole step on every rank, counted on the host).
+    loss_sum(model, batch, task) -> (summed loss, extra): _loss_sum unless given (the
+    benchmark's LoRA baseline passes its own, to train the same way)."""
+    loss_sum = loss_sum or _loss_sum
     rank, world = distributed.rank_and_world()
     n_targets = sum(_targets_of(encoded[i], task) for idx in groups for i in idx)
     total = None
@@ -400,7 +404,7 @@ def _train_step(model, encoded, groups, task, pad, device, padding_side) -> tupl
         chunks = [mine] if device.type != "cpu" else \
             length_chunks(mine, {i: len(encoded[i]["input_ids"]) for i in mine}, CHUNK_OVERHEAD_TOKENS)
         for rows in chunks:
-            loss, _ = _loss_sum(model, collate([encoded[i] for i in rows], pad, padding_side=padding_side), task)
+            loss, _ = loss_sum(model, collate([encoded[i] for i in rows], pad, padding_side=padding_side), task)
             (loss / max(1, n_targets)).backward()
             total = loss.detach() if total is None else total + loss.detach()
     return (torch.zeros((), device=device) if total is None else total), n_targets

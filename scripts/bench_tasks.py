@@ -71,7 +71,7 @@ LORA_RANK, LORA_ALPHA, LORA_LR = 8, 16, 5e-4
 # of the defaults for LoReFT and DiReFT only; zero-shot and LoRA stay as they are.
 CONFIG_FIELDS, TRAIN_FIELDS = ("layers", "rank", "positions"), ("lr", "min_steps")
 SIZES = {"default": {"train": 256, "test": 300, "max_steps": None},
-         "quick": {"train": 16, "test": 8, "max_steps": 4}}
+         "quick": {"train": 8, "test": 4, "max_steps": 2}}
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
@@ -454,8 +454,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny sizes: every path in a few minutes")
     p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--n-train", type=int, help="training rows per task (default 256; --quick 16)")
-    p.add_argument("--n-test", type=int, help="held-out rows per task (default 300; --quick 8)")
+    p.add_argument("--n-train", type=int, help="training rows per task (default 256; --quick 8)")
+    p.add_argument("--n-test", type=int, help="held-out rows per task (default 300; --quick 4)")
     p.add_argument("--out", default=str(ROOT / "results" / "bench_tasks"))
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     cand = p.add_argument_group("a ReFT candidate (LoReFT and DiReFT rows only; the defaults otherwise)")

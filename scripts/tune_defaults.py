@@ -119,12 +119,11 @@ def score(task: str, reft, tokenizer, test, chat: bool) -> dict:
         shaped = [FORMAT_RE.fullmatch(evaluation.normalise(g)) is not None for g in gens]
         return {"exact8": sum(exact[:8]), "exact32": sum(exact), "format8": sum(shaped[:8]),
                 "format32": sum(shaped), "generations": gens}
-    if task == "constraints":
-        new = evaluation.default_max_new_tokens(tokenizer, [r["completion"] for r in test])
-        gens = evaluation.generate_greedy(reft, tokenizer, [r["prompt"] for r in test], chat_template=chat,
-                                          max_new_tokens=new, batch_size=32)
-        hits = [evaluation.normalise(g) == r["completion"] for g, r in zip(gens, test)]
-        return {"accuracy": sum(hits) / len(hits)}
+    if task == "constraints":  # scored as the benchmark scores it
+        import bench_tasks
+
+        held_out = bench_tasks.Task("constraints", "program", [], test)
+        return {"accuracy": bench_tasks.score_lm(reft, tokenizer, held_out, chat_template=chat)}
     return {"accuracy": evaluation.score_choices(reft, tokenizer, test, chat_template=chat,
                                                  batch_size=8)["accuracy"]}
 

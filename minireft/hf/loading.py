@@ -51,14 +51,14 @@ from pathlib import Path
 
 import torch
 
-from minireft.demo.packaged import (
+from minireft.hf.packaged import (
     PACKAGED_HINT,
     SMOLLM2_ALIASES,
     SMOLLM2_CACHE_NAME,
-    _smollm2_source,
     packaged_smollm2_path,
     require_gguf_reader,
     smollm2_gguf_path,
+    smollm2_source,
 )
 
 log = logging.getLogger(__name__)
@@ -302,7 +302,7 @@ def converted_copy(name_or_path, cache_dir=None) -> Path | None:
         return None
     if kind not in ("smollm2", "gguf"):
         return None
-    source = _smollm2_source() if kind == "smollm2" else gguf_source(path)
+    source = smollm2_source() if kind == "smollm2" else gguf_source(path)
     folder = _cache_root(cache_dir) / (SMOLLM2_CACHE_NAME if kind == "smollm2" else gguf_cache_name(path))
     return folder if _cache_is_valid(folder, source) else None
 
@@ -310,7 +310,7 @@ def converted_copy(name_or_path, cache_dir=None) -> Path | None:
 def _load_cached_gguf(kind: str, path: Path, root: Path, dtype: torch.dtype):
     if kind == "smollm2":
         # keyed by the package version: a reinstall (new mtime) keeps the same copy
-        folder, source, gguf_path = root / SMOLLM2_CACHE_NAME, _smollm2_source(), None
+        folder, source, gguf_path = root / SMOLLM2_CACHE_NAME, smollm2_source(), None
     else:
         folder, source, gguf_path = root / gguf_cache_name(path), gguf_source(path), path
     if not _cache_is_valid(folder, source):

@@ -33,7 +33,7 @@ def _first_int(config, keys) -> int | None:
 
 def _smollm2_config_file() -> Path | None:
     """config.json of the converted SmolLM2 copy in the cache, when it was converted already."""
-    from minireft.demo.packaged import SMOLLM2_CACHE_NAME
+    from minireft.hf.packaged import SMOLLM2_CACHE_NAME
     from minireft.hf.loading import default_cache_dir
 
     path = default_cache_dir() / SMOLLM2_CACHE_NAME / "config.json"
@@ -45,7 +45,7 @@ def model_dims(name_or_path) -> tuple[int, int] | None:
     a local folder or a cached hub name (transformers.AutoConfig, offline), a GGUF file or a
     folder holding one (its header), or the packaged SmolLM2 (its converted copy's config, or
     its GGUF's header). None when there is no such config to read."""
-    from minireft.demo.packaged import SMOLLM2_ALIASES
+    from minireft.hf.packaged import SMOLLM2_ALIASES
 
     name = os.fspath(name_or_path)
     if name.lower() in SMOLLM2_ALIASES:
@@ -80,7 +80,7 @@ def _gguf_file(path: Path) -> Path | None:
 
 
 def _packaged_gguf_dims() -> tuple[int, int] | None:
-    from minireft.demo.packaged import MissingPackageError, smollm2_gguf_path
+    from minireft.hf.packaged import MissingPackageError, smollm2_gguf_path
 
     try:
         return gguf_dims(smollm2_gguf_path())

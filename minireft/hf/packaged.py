@@ -75,7 +75,8 @@ def packaged_smollm2_path() -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
-def _smollm2_source() -> dict:
+def smollm2_source() -> dict:
+    """What the converted copy is made from (loading writes it into the copy's marker file)."""
     path = smollm2_gguf_path()
     try:
         version = importlib.metadata.version(SMOLLM2_DIST)

@@ -26,6 +26,7 @@ from safetensors.numpy import load_file, save_file
 from minireft import _check
 from minireft.config import ReftConfig
 from minireft.stiefel import orthonormality_error
+from minireft.version import SPEC_VERSION, __version__
 
 CONFIG_FILE = "reft_config.json"
 WEIGHTS_FILE = "reft_model.safetensors"
@@ -39,12 +40,6 @@ ORTHONORMALITY_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 
 class AdapterError(ValueError):
     """An adapter file is missing, malformed, or disagrees with its config."""
-
-
-def _versions() -> tuple[str, str]:
-    from minireft import SPEC_VERSION, __version__
-
-    return __version__, SPEC_VERSION
 
 
 def check_params(config: ReftConfig, params: dict, hidden_size: int | None = None) -> int:
@@ -102,12 +97,11 @@ def save_adapter(path, config: ReftConfig, params: dict, *, base_model: str | No
     not_adapter = path.exists() and not (path / CONFIG_FILE).is_file()
     if not_adapter and (path.is_file() or any(path.iterdir())):
         raise FileExistsError(f"{path} exists and is not an adapter folder; choose another path")
-    minireft_version, spec_version = _versions()
     meta = config.to_dict() | {
         "hidden_size": hidden_size,
         "base_model": base_model,
-        "minireft_version": minireft_version,
-        "spec_version": spec_version,
+        "minireft_version": __version__,
+        "spec_version": SPEC_VERSION,
     }
     if prompt_format is not None:
         meta["prompt_format"] = prompt_format
@@ -116,7 +110,7 @@ def save_adapter(path, config: ReftConfig, params: dict, *, base_model: str | No
     tmp.mkdir()
     try:
         tensors = {k: np.ascontiguousarray(params[k]) for k in sorted(params)}
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"spec_version": spec_version})
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"spec_version": SPEC_VERSION})
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         for name, data in extra_files.items():
             (tmp / name).write_bytes(data)
@@ -219,11 +213,10 @@ def read_meta(path) -> dict:
         meta = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
         raise AdapterError(f"{config_file} is not valid JSON: {e}") from None
-    _, spec_version = _versions()
     got = meta.get("spec_version")
-    if not isinstance(got, str) or got.split(".")[0] != spec_version.split(".")[0] or _newer(got, spec_version):
+    if not isinstance(got, str) or got.split(".")[0] != SPEC_VERSION.split(".")[0] or _newer(got, SPEC_VERSION):
         raise AdapterError(
-            f"{config_file} has spec_version {got!r}; this minireft reads spec {spec_version} "
+            f"{config_file} has spec_version {got!r}; this minireft reads spec {SPEC_VERSION} "
             f"(same major version, not newer): upgrade minireft or re-save the adapter"
         )
     for key in ("hidden_size",):

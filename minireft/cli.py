@@ -370,12 +370,16 @@ def _add_generate(sub) -> argparse.ArgumentParser:
                     "not, recorded in the adapter).")
     _add_model_args(p)
     p.add_argument("--adapter", required=True, metavar="DIR", help="a folder written by `minireft train`")
-    p.add_argument("--prompt", required=True, help="the prompt (the user message)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--prompt", required=True,
+                   help="the prompt (the user message); an empty or blank one is refused, as train and "
+                        "eval refuse one: ReFT edits prompt tokens")
+    p.add_argument("--max-new-tokens", type=int, default=128,
+                   help="the most tokens to generate (default %(default)s)")
     p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
                    help="wrap the prompt in the chat template (default: as the adapter was trained)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="with --sample: divide the logits by this before sampling (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="the sampling seed")
     return p
 
@@ -404,6 +408,14 @@ def _load_lm_adapter(args, needs: str):
 
 @_one_line_errors("generate")
 def _run_generate(args) -> int:
+    # checked before anything loads: an empty prompt has no tokens for the edit (raw, it is no
+    # tokens at all on a tokenizer that adds no BOS), and train refuses one the same way
+    if not args.prompt.strip():
+        raise ValueError("--prompt is empty; ReFT edits prompt tokens, so it needs a prompt: pass the "
+                         "text to complete, e.g. --prompt \"Encode the word: flower\"")
+    if args.max_new_tokens < 1 or args.temperature <= 0:
+        raise ValueError(f"--max-new-tokens must be >= 1 and --temperature > 0, got {args.max_new_tokens} "
+                         f"and {args.temperature}")
     reft_model, tokenizer = _load_lm_adapter(args, "generate needs")
     from minireft.hf.generation import generate_text
 

@@ -307,6 +307,35 @@ def test_a_missing_adapter_is_refused_before_the_model_loads(llama_dir, tmp_path
     assert rc == 2 and err.count("\n") == 1 and f"no adapter folder at {tmp_path / 'nope'}" in err, err
 
 
+def test_generate_refuses_an_empty_prompt_before_the_model_loads(llama_dir, trained, capsys, monkeypatch):
+    """An empty prompt used to reach the model as zero tokens (IndexError in argmax); now it is
+    refused like train's, with or without the chat template, before any weights load."""
+    out = trained[0]
+    _no_weights(monkeypatch)
+    for prompt in ("", " \n "):
+        for flags in ([], ["--no-chat-template"], ["--chat-template"]):
+            rc = main(["generate", "--model", llama_dir, "--adapter", str(out), "--prompt", prompt, *flags])
+            err = capsys.readouterr().err
+            assert rc == 2 and err.count("\n") == 1 and "--prompt is empty" in err, (prompt, flags, err)
+    for flags in (["--max-new-tokens", "0"], ["--sample", "--temperature", "0"]):
+        rc = main(["generate", "--model", llama_dir, "--adapter", str(out), "--prompt", "cat", *flags])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and flags[-2] in err, (flags, err)
+
+
+def test_generate_text_refuses_an_empty_prompt():
+    from minireft import ReftConfig
+    from minireft.hf.generation import generate_text
+    from minireft.hf.model import attach
+
+    reft = attach(tiny_llama(), ReftConfig(layers=[0], rank=2, positions="f1+l1"))
+    tokenizer = tiny_tokenizer()
+    assert isinstance(generate_text(reft, tokenizer, "cat", max_new_tokens=2), str)
+    for prompt in ("", "   "):
+        with pytest.raises(ValueError, match="prompt is empty"):
+            generate_text(reft, tokenizer, prompt, chat_template=False, max_new_tokens=2)
+
+
 def test_the_jsonl_error_names_the_columns(llama_dir, tmp_path, capsys):
     data = write_jsonl(tmp_path / "train.jsonl", [{"input": "cat", "output": "m"}])
     rc = main(["train", "--model", llama_dir, "--data", data, "--output", str(tmp_path / "a")])

@@ -15,7 +15,10 @@ def generate_text(model, tokenizer, prompt: str, *, chat_template: bool | None =
                   seed: int = 0) -> str:
     """The completion `model` (a ReftModel) writes for one prompt, new tokens only, decoded
     without special tokens. Greedy unless `sample`; sampling is seeded. chat_template=None:
-    as the adapter was trained (model.prompt_format; raw prompts when unknown)."""
+    as the adapter was trained (model.prompt_format; raw prompts when unknown). An empty or
+    blank prompt is refused (ValueError), as training refuses one: ReFT edits prompt tokens."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"prompt is empty ({prompt!r}); ReFT edits prompt tokens, so it needs a prompt")
     chat_template = resolve_chat_template(getattr(model, "prompt_format", None), chat_template)
     ids = encode_prompt(tokenizer, prompt, chat_template=chat_template)
     device = _device(model)

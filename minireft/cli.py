@@ -507,19 +507,19 @@ def _add_eval(sub) -> argparse.ArgumentParser:
 
 
 def _eval_rows(path) -> list[dict]:
-    """The JSONL rows, each "choices" list checked before any model loads."""
-    from minireft.hf.jsonl import read_jsonl
+    """The JSONL rows, checked before any model loads, each error naming file:line: a prompt
+    that is not blank, and each "choices" row by the rule score_choices applies (choice_index:
+    a "label" inside the choices, else a completion among them)."""
+    from minireft.hf.evaluation import choice_index
+    from minireft.hf.jsonl import line_numbers, read_jsonl
 
     rows = read_jsonl(path)
-    for i, row in enumerate(rows, 1):
+    for lineno, row in zip(line_numbers(path), rows):
+        if not row["prompt"].strip():
+            raise ValueError(f"{path}:{lineno}: the prompt is empty; ReFT edits prompt tokens, so every "
+                             "row needs one")
         if "choices" in row:
-            choices, label = row["choices"], row.get("label")
-            if not isinstance(choices, list) or len(choices) < 2 or not all(
-                    isinstance(c, str) and c for c in choices):
-                raise ValueError(f"{path}:{i}: 'choices' must be a list of >= 2 non-empty strings")
-            if not (isinstance(label, int) and 0 <= label < len(choices)) and row["completion"] not in choices:
-                raise ValueError(f"{path}:{i}: the completion is none of the choices; add an int 'label' "
-                                 "(the index of the right choice) or make the completion one of them")
+            choice_index(row, where=f"{path}:{lineno}")
     return rows
 
 

@@ -265,6 +265,28 @@ def test_cli_eval_refuses_a_missing_adapter_and_bad_choices_before_loading(llama
     assert rc == 2 and "bad.jsonl:1" in err and "choices" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("bad, words", [
+    # the completion is among the choices, but the label (which wins) is not: score_choices refused
+    # this only after loading and scoring, as "example 0"
+    ({"prompt": "a", "completion": "x", "choices": ["x", "y"], "label": 2}, "label 2 is outside choices 0..1"),
+    ({"prompt": "a", "completion": "x", "choices": ["x", "y"], "label": -1}, "label -1 is outside choices 0..1"),
+    ({"prompt": "a", "completion": "z", "choices": ["x", "y"], "label": "1"}, "none of its choices"),
+    ({"prompt": "a", "completion": "x", "choices": ["x"]}, ">= 2 non-empty strings"),
+    ({"prompt": " ", "completion": "x"}, "the prompt is empty"),
+])
+def test_cli_eval_checks_every_row_before_loading_naming_its_line(llama_dir, adapter_dir, tmp_path, capsys,
+                                                                   monkeypatch, bad, words):
+    from minireft import cli
+
+    monkeypatch.setattr(cli, "_load_base", lambda *a, **k: pytest.fail("the model was loaded first"))
+    good = {"prompt": "b", "completion": "y", "choices": ["x", "y"], "label": 1}
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(good) + "\n\n" + json.dumps(bad) + "\n")  # a blank line 2: bad is line 3
+    rc = main(["eval", "--model", str(llama_dir), "--adapter", str(adapter_dir), "--data", str(path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{path}:3: " in err and words in err and err.count("\n") == 1, err
+
+
 def test_cli_eval_ctrl_c_exits_130(llama_dir, adapter_dir, tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -44,6 +44,13 @@ def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ("prompt", "
     return rows
 
 
+def line_numbers(path: str | os.PathLike) -> list[int]:
+    """The 1-based line number of each row `read_jsonl(path)` returns (blank lines are skipped
+    there), so that a later check of row i can name the file's line."""
+    with open(path, encoding="utf-8-sig") as f:
+        return [lineno for lineno, line in enumerate(f, 1) if line.strip()]
+
+
 def write_jsonl(path: str | os.PathLike, rows) -> None:
     """Write dicts as JSONL, one a line (UTF-8, non-ASCII kept as is); `read_jsonl` reads it back."""
     with open(path, "w", encoding="utf-8") as f:

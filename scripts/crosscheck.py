@@ -155,6 +155,8 @@ def tiny_llama():
 
 def check_model(table: Table, model_name: str, steps: int):
     """Train briefly, reload the adapter with NumPy alone, replay the edit with the spec."""
+    from minireft.hf import attach
+
     if model_name == "tiny":
         model, _ = tiny_llama()
     else:
@@ -164,7 +166,7 @@ def check_model(table: Table, model_name: str, steps: int):
     n_layers = model.config.num_hidden_layers
     layer = n_layers // 2
     config = minireft.ReftConfig(layers=[layer], rank=4, positions="f2+l3", tied=False)
-    reft = mt.attach(model, config, seed=0)
+    reft = attach(model, config, seed=0)
     gen = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (3, 12), generator=gen)

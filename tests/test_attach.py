@@ -18,9 +18,10 @@ from torch import nn
 
 from minireft import ReftConfig, edit
 from minireft.edit import layer_params
+from minireft.hf import ReftModel, attach
 from minireft.hf.blocks import find_blocks
 from minireft.positions import intervention_positions
-from minireft.torch import ReftModel, ReftOptimizer, attach, direft, loreft
+from minireft.torch import ReftOptimizer, direft, loreft
 from minireft.torch.edit import position_index
 from minireft.torch.stiefel import orthonormality_error
 

@@ -158,7 +158,7 @@ def test_a_real_ctrl_c_during_generate_exits_130_with_one_line(tmp_path):
     from test_train import tiny_llama, tiny_tokenizer
 
     from minireft import ReftConfig
-    from minireft.torch import attach
+    from minireft.hf import attach
 
     model_dir, adapter = tmp_path / "model", tmp_path / "adapter"
     model = tiny_llama()

@@ -28,7 +28,7 @@ from torch import nn
 from minireft import ReftConfig, edit, io
 from minireft.edit import layer_params
 from minireft.hf.blocks import find_blocks, find_component
-from minireft.torch import ReftModel, attach
+from minireft.hf import ReftModel, attach
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

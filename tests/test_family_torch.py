@@ -21,7 +21,7 @@ from strategies import FAMILY
 import minireft
 import minireft.torch as mt
 from minireft import ReftConfig
-from minireft.torch import ReftModel, attach
+from minireft.hf import ReftModel, attach
 from minireft.torch.stiefel import orthonormality_error
 
 NEW = ("noreft", "consreft", "lobireft", "ortho_direft")

@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 import tiny_models as tiny
 
 from minireft import ReftConfig
-from minireft.torch import attach
+from minireft.hf import attach
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 CONFIG = ReftConfig(layers=[0, 2], rank=3, positions="f2+l2")

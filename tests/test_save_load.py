@@ -17,7 +17,7 @@ import tiny_models as tiny
 
 from minireft import ReftConfig, io
 from minireft.io import AdapterError, load_adapter
-from minireft.torch import ReftModel, attach
+from minireft.hf import ReftModel, attach
 from minireft.torch.stiefel import orthonormality_error
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

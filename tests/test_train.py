@@ -22,7 +22,7 @@ from minireft.hf.classify import ReftClassifier
 from minireft.hf.data import IGNORE_INDEX, collate, encode_example, encode_examples
 from minireft.hf.generation import generate_text
 from minireft.hf.training import evaluate, linear_schedule, lm_loss_sum, train
-from minireft.torch import attach
+from minireft.hf import attach
 
 CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }} {% endfor %}"
                  "{% if add_generation_prompt %}assistant:{% endif %}")
@@ -413,10 +413,10 @@ def test_same_seed_same_bits():
 
 
 def test_package_level_train_is_callable():
-    import minireft.torch
+    import minireft.hf
 
-    result = minireft.torch.train(reft(tiny_llama()), tiny_tokenizer(), PAIRS, batch_size=4, epochs=1,
-                                  **QUIET)
+    result = minireft.hf.train(reft(tiny_llama()), tiny_tokenizer(), PAIRS, batch_size=4, epochs=1,
+                               **QUIET)
     assert result.steps == 1
 
 

@@ -3,8 +3,7 @@
 `loreft`, `direft`, `noreft`, `consreft`, `lobireft`, `ortho_direft`, `stiefel`, `optim`,
 and `edit` / `edit_vjp` (the in-model edit) carry the spec's functions under the same
 names, on torch tensors; `Intervention` and `ReftOptimizer` are the modules built on them.
-The Hugging Face integration lives in `minireft.hf`; `attach`, `ReftModel`, `train` and
-`load_model` are re-exported here (lazily) as the public contract names.
+The mirror names nothing above it: attach, ReftModel, train and load_model live in `minireft.hf`.
 """
 
 from __future__ import annotations
@@ -18,13 +17,6 @@ from minireft.torch.edit import edit, edit_vjp  # the functions; the module is m
 from minireft.torch.modules import Intervention
 from minireft.torch.optim import ReftOptimizer
 
-_LAZY = {
-    "attach": "minireft.hf.model",
-    "ReftModel": "minireft.hf.model",
-    "train": "minireft.hf.training",
-    "load_model": "minireft.hf.loading",
-}
-
 
 def to_backend(x: np.ndarray) -> torch.Tensor:
     """The conformance checker's array adapter: NumPy in, torch (same dtype) out."""
@@ -36,24 +28,13 @@ def to_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'minireft.torch' has no attribute {name!r}")
-
-
 __all__ = [
     "Intervention",
-    "ReftModel",
     "ReftOptimizer",
-    "attach",
     "consreft",
     "direft",
     "edit",
     "edit_vjp",
-    "load_model",
     "lobireft",
     "loreft",
     "noreft",
@@ -63,5 +44,4 @@ __all__ = [
     "stiefel",
     "to_backend",
     "to_numpy",
-    "train",
 ]

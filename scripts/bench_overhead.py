@@ -11,7 +11,7 @@ For each, interleaved in rounds (the order rotates every round, ratios use media
 and other processes hit every variant alike):
 
 - step:  one training step (forward, loss, backward, optimizer step) exactly as
-  minireft.hf.training runs it (its _loss_sum: logits only where labels are), for
+  minireft.hf.training runs it (minireft.hf.loss.loss_sum: logits only where labels are), for
   LoReFT; for the floor, the same ReftModel, batch, blocks, positions, loss path and
   optimizer with every Intervention swapped for BiasOnly (Φ(h) = h + b, b ∈ ℝ^d), the
   cheapest trainable edit there; and for the bare model: forward + backward of the frozen
@@ -113,13 +113,13 @@ def _sync(device) -> None:
 
 def reft_step(reft, optimizer, batch):
     """One training step as minireft.hf.training runs it (loss at label positions only)."""
-    from minireft.hf.training import _loss_sum, _targets_of
+    from minireft.hf.loss import loss_sum, targets_of
 
-    n = sum(_targets_of({"labels": row.tolist()}, "lm") for row in batch["labels"])
+    n = sum(targets_of({"labels": row.tolist()}, "lm") for row in batch["labels"])
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = _loss_sum(reft, batch, "lm")
+        loss, _ = loss_sum(reft, batch, "lm")
         (loss / n).backward()
         optimizer.step()
 
@@ -129,15 +129,15 @@ def reft_step(reft, optimizer, batch):
 def bare_step(reft, batch):
     """Forward + backward of the frozen model alone (no edit) on the same batch and loss; the
     input embeddings require grad so that backward runs through every block."""
-    from minireft.hf.training import _logit_columns, _on, lm_loss_sum
+    from minireft.hf.loss import lm_loss_sum, logit_columns, on_device
 
     base = reft.model
     device = next(base.parameters()).device
     ids = batch["input_ids"].to(device)
     mask = batch["attention_mask"].to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    columns, kept = _logit_columns(batch["labels"])
-    columns = _on(columns, device)
+    columns, kept = logit_columns(batch["labels"])
+    columns = on_device(columns, device)
 
     def step():
         embeds = base.get_input_embeddings()(ids).detach().requires_grad_(True)

@@ -280,7 +280,8 @@ def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0
     from peft import LoraConfig, get_peft_model
 
     from minireft.hf.data import encode_examples, pad_id
-    from minireft.hf.training import _train_step, linear_schedule, lm_loss_sum
+    from minireft.hf.loss import lm_loss_sum
+    from minireft.hf.training import _train_step, linear_schedule
 
     torch.manual_seed(seed)
     is_classify = task.kind == "classify"

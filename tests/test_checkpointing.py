@@ -18,6 +18,7 @@ from tiny_models import build
 
 from minireft.hf import training
 from minireft.hf.data import collate, encode_examples
+from minireft.hf.loss import loss_sum
 
 pytestmark = [pytest.mark.filterwarnings("ignore:this run takes:UserWarning"),
               pytest.mark.usefixtures("one_thread")]  # tests/conftest.py
@@ -37,7 +38,7 @@ def _gradients(model, *, checkpointing: bool, dropout: float = 0.0) -> tuple[dic
     modes = training._enter_train_mode(r, checkpointing)
     try:
         torch.manual_seed(0)  # the intervention dropout's draws
-        loss, _ = training._loss_sum(r, batch, "lm")
+        loss, _ = loss_sum(r, batch, "lm")
         loss.backward()
         grads = {n: p.grad.detach().clone() for n, p in r.named_trainable_parameters()}
     finally:
@@ -89,7 +90,7 @@ def _hooks_inside_gradients(context) -> tuple[dict, int]:
     modes = training._enter_train_mode(r)
     try:
         r._num_edits = 0
-        loss, _ = training._loss_sum(r, batch, "lm")
+        loss, _ = loss_sum(r, batch, "lm")
         edits_forward = r._num_edits
         loss.backward()
         assert edits_forward == 3

@@ -217,6 +217,7 @@ def test_checkpointing_gives_the_same_gradients(component):
     from test_train import tiny_tokenizer
 
     from minireft.hf import training
+    from minireft.hf.loss import loss_sum
     from minireft.hf.data import collate, encode_examples
 
     model, _ = tiny.build("llama")
@@ -231,7 +232,7 @@ def test_checkpointing_gives_the_same_gradients(component):
         modes = training._enter_train_mode(reft, checkpointing)
         try:
             reft._num_edits = 0
-            loss, _ = training._loss_sum(reft, batch, "lm")
+            loss, _ = loss_sum(reft, batch, "lm")
             loss.backward()
             grads[checkpointing] = {n: p.grad.clone() for n, p in reft.named_trainable_parameters()}
         finally:

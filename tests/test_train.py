@@ -17,11 +17,12 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from minireft import ReftConfig
-from minireft.hf import training as train_mod
+from minireft.hf import loss as loss_mod
 from minireft.hf.classify import ReftClassifier
 from minireft.hf.data import IGNORE_INDEX, collate, encode_example, encode_examples
 from minireft.hf.generation import generate_text
-from minireft.hf.training import evaluate, linear_schedule, lm_loss_sum, train
+from minireft.hf.loss import lm_loss_sum, loss_sum
+from minireft.hf.training import evaluate, linear_schedule, train
 from minireft.hf import attach
 
 CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }} {% endfor %}"
@@ -198,7 +199,7 @@ def test_training_loss_builds_logits_only_where_labels_are(name):
     batch = collate(encode_examples(tiny_tokenizer(), examples), 0, padding_side="left")
     widths = []
     handle = model.get_output_embeddings().register_forward_hook(lambda m, a, out: widths.append(out.shape[1]))
-    loss, _ = train_mod._loss_sum(r, batch, "lm")
+    loss, _ = loss_sum(r, batch, "lm")
     handle.remove()
     full = r(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
              prompt_lengths=batch["prompt_lengths"], use_cache=False).logits
@@ -562,7 +563,7 @@ def test_non_finite_loss_stops_before_its_step(monkeypatch):
     tok = tiny_tokenizer()
     model = reft(tiny_llama())
     start = params_of(model)
-    monkeypatch.setattr(train_mod, "lm_loss_sum", lambda logits, labels: (logits.sum() * float("nan"), 1))
+    monkeypatch.setattr(loss_mod, "lm_loss_sum", lambda logits, labels: (logits.sum() * float("nan"), 1))
     with pytest.raises(FloatingPointError, match="loss of step 1 is nan"):
         train(model, tok, PAIRS, batch_size=2, **QUIET)
     assert all(torch.equal(p, start[n]) for n, p in params_of(model).items())

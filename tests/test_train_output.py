@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 from test_train import PAIRS, reft, tiny_llama, tiny_tokenizer
 
 from minireft import io
-from minireft.hf import training
+from minireft.hf import loss, training
 from minireft.hf.recipe import LOG_FILE, PLOT_FILE
 from minireft.hf.training import train
 
@@ -147,7 +147,7 @@ def test_an_interrupt_before_the_first_step_keeps_nothing(old_adapter, monkeypat
 
 def test_a_failed_run_without_an_old_adapter_leaves_no_output(tmp_path, monkeypatch):
     out = tmp_path / "new"
-    monkeypatch.setattr(training, "lm_loss_sum", lambda logits, labels: (logits.sum() * float("inf"), 1))
+    monkeypatch.setattr(loss, "lm_loss_sum", lambda logits, labels: (logits.sum() * float("inf"), 1))
     with pytest.raises(FloatingPointError) as info:
         train(reft(tiny_llama()), tiny_tokenizer(), PAIRS, output_dir=out, **QUIET)
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []

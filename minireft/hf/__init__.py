@@ -7,6 +7,7 @@
     data        examples -> token ids and labels; batches
     recipe      train()'s defaults, in one place the CLI reads without torch
     training    train(), evaluate(): staged saving, nothing lost on failure
+    loss        a batch's summed loss: logits at the target columns only (train, Trainer, eval)
     trainer     ReftTrainer: transformers.Trainer with ReftOptimizer and adapter-only checkpoints
     distributed all-reduce of the adapter's gradients across torch.distributed ranks
     evaluation  held-out loss, exact match of greedy generations, choice accuracy

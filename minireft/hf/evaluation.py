@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from minireft.hf.data import IGNORE_INDEX, batches_by_length, collate, encode_example, encode_prompt, pad_id
 from minireft.hf.prompt_format import resolve_chat_template
-from minireft.hf.training import _device, _logit_columns, _logits_at, lm_loss_sum
+from minireft.hf.loss import is_reft_model, lm_loss_sum, model_device, target_logits
 
 EXTRA_NEW_TOKENS = 8  # generation budget beyond the longest reference completion
 
@@ -45,30 +45,19 @@ def normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-def _is_reft(model) -> bool:
-    return hasattr(model, "interventions") and hasattr(model, "config")
-
-
 def _chat(model, chat_template: bool | None) -> bool:
     """chat_template when given, else the adapter's recorded prompt format, else False."""
     return resolve_chat_template(getattr(model, "prompt_format", None), chat_template)
 
 
 def _forward_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) of a right-padded batch, logits built only where they are scored: at
-    the K columns whose next token is a target in some row (training's _logit_columns), so
-    logits (B, K, V) with labels (B, K + 1); (B, T, V) with the batch's labels (B, T) for a
-    model that cannot keep columns. Either pair gives the same lm_loss_sum and
-    _sequence_log_probs. A ReftModel is told the prompt lengths."""
-    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-              "use_cache": False}
-    if _is_reft(model):
-        kwargs["prompt_lengths"] = batch["prompt_lengths"]
-    columns, kept = _logit_columns(batch["labels"].cpu())
-    base = model.model if _is_reft(model) else model
-    with _logits_at(model, columns.to(batch["labels"].device), base=base) as keep:
-        logits = model(**kwargs, **keep).logits
-    return (logits, kept.to(logits.device)) if logits.shape[1] == len(columns) else (logits, batch["labels"])
+    """(logits, labels) of a right-padded batch on the model's device, logits built only where
+    they are scored (minireft.hf.loss.target_logits); either pair it returns gives the same
+    lm_loss_sum and _choice_log_probs. A ReftModel is told the prompt lengths."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if is_reft_model(model):
+        inputs["prompt_lengths"] = batch["prompt_lengths"]
+    return target_logits(model, inputs, batch["labels"])
 
 
 def _bar(total: int, desc: str, progress: bool):
@@ -92,7 +81,7 @@ def mean_loss(model, tokenizer, examples: Sequence[dict], *, chat_template: bool
     chat_template = _chat(model, chat_template)
     encoded = [encode_example(tokenizer, ex, i, chat_template=chat_template, max_length=max_length)
                for i, ex in enumerate(examples)]
-    pad, device = pad_id(tokenizer), _device(model)
+    pad, device = pad_id(tokenizer), model_device(model)
     total, count = 0.0, 0
     with _bar(len(encoded), "loss", progress) as bar:
         for rows in batches_by_length([len(e["input_ids"]) for e in encoded], batch_size):
@@ -115,7 +104,7 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], *, chat_template: 
     in batches of `batch_size` rows left-padded to their longest prompt."""
     _check_batch_size(batch_size)
     chat_template = _chat(model, chat_template)
-    pad, device = pad_id(tokenizer), _device(model)
+    pad, device = pad_id(tokenizer), model_device(model)
     encoded = [encode_prompt(tokenizer, p, chat_template=chat_template) for p in prompts]
     out: list[str] = [""] * len(prompts)
     with _bar(len(prompts), "generate", progress) as bar:
@@ -201,7 +190,7 @@ def score_choices(model, tokenizer, examples: Sequence[dict], *, chat_template: 
                          "prompt_length": len(prompt_ids),
                          "picks": [ids[0] for ids in choice_ids] if one_token else None})
             owners.append(i)
-    pad, device = pad_id(tokenizer), _device(model)
+    pad, device = pad_id(tokenizer), model_device(model)
     flat: list[list[float]] = [[] for _ in seqs]
     with _bar(len(seqs), "choices", progress) as bar:
         for rows in batches_by_length([len(q["input_ids"]) for q in seqs], batch_size):
@@ -224,7 +213,7 @@ def _choice_log_probs(logits: torch.Tensor, labels: torch.Tensor, picks: list) -
     picks[b] is None, else [log softmax(logits[b, t−1])[k] for k in picks[b]] at its one target t.
 
     labels: (B, T); logits: (B, T, V), or (B, T − 1, V) without the last position (as lm_loss_sum)."""
-    targets = labels[:, 1:]  # (B, T−1)
+    targets = labels.to(logits.device)[:, 1:]  # (B, T−1)
     logits = logits[:, :targets.shape[1]]  # (B, T−1, V): the last position predicts nothing
     logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T−1, V)
     out = []

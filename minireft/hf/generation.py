@@ -6,7 +6,7 @@ import torch
 
 from minireft.hf.data import encode_prompt, pad_id
 from minireft.hf.prompt_format import resolve_chat_template
-from minireft.hf.training import _device
+from minireft.hf.loss import model_device
 
 
 @torch.no_grad()
@@ -21,7 +21,7 @@ def generate_text(model, tokenizer, prompt: str, *, chat_template: bool | None =
         raise ValueError(f"prompt is empty ({prompt!r}); ReFT edits prompt tokens, so it needs a prompt")
     chat_template = resolve_chat_template(getattr(model, "prompt_format", None), chat_template)
     ids = encode_prompt(tokenizer, prompt, chat_template=chat_template)
-    device = _device(model)
+    device = model_device(model)
     input_ids = torch.tensor([ids], device=device)  # (1, n)
     kwargs = {"max_new_tokens": max_new_tokens, "do_sample": sample, "pad_token_id": pad_id(tokenizer)}
     if sample:

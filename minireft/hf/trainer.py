@@ -8,7 +8,7 @@ The loss of one optimizer step over its micro-batches m (gradient accumulation) 
 (each micro-batch returns its sum / N, N counted by Trainer over labels[..., 1:] of the whole
 step, and of every process), so accumulation gives one big batch's gradient, as in
 minireft.hf.training.train. Without num_items_in_batch (evaluation) a batch's loss is its
-mean over its own targets. Logits are built only where a target follows (train()'s rule),
+mean over its own targets. Logits are built only where a target follows (minireft.hf.loss),
 and on a CPU a batch runs as sub-batches of similar length (train()'s length_chunks: the same
 sum, less padding computed).
 
@@ -46,7 +46,8 @@ from torch import nn
 from minireft import io
 from minireft.hf.data import collate, pad_id
 from minireft.hf.model import ReftModel
-from minireft.hf.training import CHUNK_OVERHEAD_TOKENS, _logit_columns, _logits_at, _on, length_chunks, lm_loss_sum
+from minireft.hf.loss import lm_loss_sum, target_logits
+from minireft.hf.training import CHUNK_OVERHEAD_TOKENS, length_chunks
 from minireft.torch.optim import ReftOptimizer
 
 ENCODED_FIELDS = ("input_ids", "labels", "prompt_length")  # one row of encode_examples
@@ -180,18 +181,14 @@ class ReftTrainer(transformers.Trainer):
         carry full (B, T, V) logits; otherwise logits are built at target positions only."""
         inputs = dict(inputs)
         labels = inputs.pop("labels")
-        labels_cpu = labels.cpu()
         if return_outputs:
             outputs = model(**inputs, use_cache=False)
-            total, count = lm_loss_sum(outputs.logits, labels_cpu)
+            total, count = lm_loss_sum(outputs.logits, labels.cpu())
         else:
             total, count = 0, 0
             for part, part_labels in self._length_parts(inputs, labels):
-                part_cpu = part_labels.cpu()
-                columns, kept = _logit_columns(part_cpu)
-                with _logits_at(self.reft_model, _on(columns, part_labels.device)) as keep:
-                    logits = model(**part, use_cache=False, **keep).logits
-                part_total, part_count = lm_loss_sum(logits, kept if logits.shape[1] == len(columns) else part_cpu)
+                part_total, part_count = lm_loss_sum(*target_logits(model, part, part_labels,
+                                                                    base=self.reft_model.model))
                 total, count = total + part_total, count + part_count
         if num_items_in_batch is None:
             loss = total / max(count, 1)

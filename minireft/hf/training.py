@@ -34,7 +34,6 @@ every R (no weight decay), AdamW for the rest.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import math
 import random
@@ -47,19 +46,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from minireft import io
 from minireft.hf import distributed
-from minireft.hf.data import IGNORE_INDEX, batches_by_length, collate, encode_examples, pad_id
+from minireft.hf.data import batches_by_length, collate, encode_examples, pad_id
+from minireft.hf.loss import base_model, count_targets, infer_task, loss_sum, model_device, targets_of
 from minireft.hf.prompt_format import (
     prompt_format_of,
     resolve_chat_template,
     training_chat_template,
 )
 from minireft.hf.recipe import FEW_STEPS, LOG_FILE, PLOT_FILE, TRAIN, schedule
-from minireft.torch.edit import EditPlan
 from minireft.torch.optim import ReftOptimizer
 
 
@@ -117,14 +115,8 @@ def make_optimizer(model, *, lr: float = TRAIN.lr, weight_decay: float = TRAIN.w
     return optimizer, scheduler
 
 
-def _base_model(model):
-    """The frozen HF model under a ReftModel, or under a ReftClassifier's ReftModel."""
-    inner = getattr(model, "reft_model", model)
-    return inner.model
-
-
 def _check_frozen(model) -> None:
-    unfrozen = [n for n, p in _base_model(model).named_parameters() if p.requires_grad]
+    unfrozen = [n for n, p in base_model(model).named_parameters() if p.requires_grad]
     if unfrozen:
         raise RuntimeError(
             f"{len(unfrozen)} base-model parameter(s) require grad (e.g. {unfrozen[0]!r}); ReFT trains "
@@ -135,138 +127,11 @@ def _check_frozen(model) -> None:
         raise RuntimeError("the model has no trainable parameters; was it built with attach()?")
 
 
-def _infer_task(model, task: str | None) -> str:
-    is_classifier = hasattr(model, "head") and hasattr(model, "reft_model")
-    inferred = "classification" if is_classifier else "lm"
-    if task is None:
-        return inferred
-    if task != inferred:
-        raise ValueError(
-            f"task={task!r} but the model is a {type(model).__name__}: classification needs a "
-            "minireft.hf.classify.ReftClassifier, language modelling a ReftModel"
-        )
-    return task
-
-
 def _check_labels(encoded, num_labels: int, what: str) -> None:
     for i, e in enumerate(encoded):
         if e["labels"] >= num_labels:
             raise ValueError(f"{what}[{i}] has label {e['labels']}, but the classifier has "
                              f"num_labels={num_labels} (labels 0..{num_labels - 1})")
-
-
-def _device(model) -> torch.device:
-    return next(_base_model(model).parameters()).device
-
-
-# ---------------------------------------------------------------------------- loss
-
-
-def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(Σ_i −log softmax(logits[b, t−1])[labels[b, t]], N) over the N targets labels[b, t] != -100.
-
-    labels: (B, T); logits: (B, T, V), or (B, T − 1, V) without the last position (it predicts
-    nothing). Position t−1 predicts token t (the shift); only the N supervised rows of logits
-    are gathered, and the cross-entropy is taken in at least float32 (bf16/fp16 upcast).
-    labels may stay on the CPU when logits are on a device: N and the supervised positions
-    are then read on the host, with no device sync.
-    """
-    B, T = labels.shape
-    if logits.dim() != 3 or logits.shape[0] != B or logits.shape[1] not in (T, T - 1):
-        raise ValueError(f"logits must be (B, T, V) or (B, T − 1, V) for labels (B, T) = {(B, T)}, "
-                         f"got {tuple(logits.shape)}")
-    targets = labels[:, 1:]  # (B, T−1)
-    rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)  # (N,) each
-    device = logits.device
-    picked = logits[_on(rows, device), _on(cols, device)]  # (N, V): the supervised rows only
-    picked = picked.to(torch.promote_types(picked.dtype, torch.float32))  # bf16/fp16 → float32
-    loss = F.cross_entropy(picked, _on(targets[rows, cols], device), reduction="sum")
-    return loss, len(rows)
-
-
-def _on(t: torch.Tensor, device) -> torch.Tensor:
-    """t on `device`; from the CPU to CUDA through pinned memory, asynchronously (no sync)."""
-    if t.device == device:
-        return t
-    if t.device.type == "cpu" and device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
-def _targets_of(example: dict, task: str) -> int:
-    """Supervised targets of one encoded example: its completion tokens, or 1 (classification).
-    A prompt is never empty, so the first label is never a target, whatever the padding."""
-    if task == "lm":
-        return sum(1 for y in example["labels"] if y != IGNORE_INDEX)
-    return 1
-
-
-def _logit_columns(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(columns (K,), kept labels (B, K + 1)) from CPU labels (B, T): the K positions t − 1
-    whose next token t is a target in some row, and [-100, labels[:, columns + 1]], so that
-    lm_loss_sum(logits at the columns (B, K, V), kept labels) is the loss of the full logits."""
-    columns = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # (K,)
-    ignore = torch.full((labels.shape[0], 1), IGNORE_INDEX, dtype=labels.dtype)
-    return columns, torch.cat([ignore, labels[:, columns + 1]], dim=1)
-
-
-@contextlib.contextmanager
-def _logits_at(model, columns: torch.Tensor, base=None):
-    """Keyword arguments for the top-level model call that make it return logits at `columns`
-    (K,) only: the base model's `logits_to_keep` when its forward takes one (softcapping and
-    the like still apply), else a pre-hook on its output embeddings that keeps those hidden
-    states. Yields {} (full logits) for a model with neither. base: the Hugging Face model
-    that makes the logits (default: the one under the ReftModel `model`)."""
-    base = _base_model(model) if base is None else base
-    if "logits_to_keep" in inspect.signature(base.forward).parameters:
-        yield {"logits_to_keep": columns}
-        return
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if head is None:
-        yield {}
-        return
-    handle = head.register_forward_pre_hook(lambda module, args: (args[0][:, columns], *args[1:]))
-    try:
-        yield {}
-    finally:
-        handle.remove()
-
-
-def _edit_plan(model, batch: dict, device) -> EditPlan:
-    """The batch's EditPlan from its CPU mask and prompt lengths (the check reads host memory),
-    its (row, column) pairs sent to `device` asynchronously."""
-    config = getattr(model, "reft_model", model).config
-    plan = EditPlan.from_mask(batch["attention_mask"], batch["prompt_lengths"], config)
-    pairs = {group: tuple(_on(t, device) for t in pair) for group, pair in plan.pairs.items()}
-    return EditPlan(pairs, plan.batch, plan.length)
-
-
-def _count_targets(batch: dict, task: str) -> int:
-    if task == "lm":
-        return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-    return int(batch["labels"].numel())
-
-
-def _loss_sum(model, batch: dict, task: str) -> tuple[torch.Tensor, dict]:
-    """(summed loss over the batch's targets, {"correct": …} for classification).
-
-    batch: collated on the CPU; it moves to the model's device here, with its edit plan built
-    (and the mask checked) on the host. For "lm" the logits are built only at positions whose
-    next token is a target (see _logit_columns)."""
-    device = _device(model)
-    inputs = {k: _on(batch[k], device) for k in ("input_ids", "attention_mask", "prompt_lengths")}
-    inputs["edit_plan"] = _edit_plan(model, batch, device)
-    if task == "lm":
-        columns, kept = _logit_columns(batch["labels"])
-        # With left padding, ReftModel.forward gives decoders position ids counting real tokens.
-        with _logits_at(model, _on(columns, device)) as kwargs:
-            logits = model(**inputs, use_cache=False, **kwargs).logits
-        loss, _ = lm_loss_sum(logits, kept if logits.shape[1] == len(columns) else batch["labels"])
-        return loss, {}
-    logits = model(**inputs)  # (B, C)
-    labels = _on(batch["labels"], device)
-    loss = F.cross_entropy(logits.float(), labels, reduction="sum")
-    return loss, {"correct": (logits.argmax(-1) == labels).sum()}
 
 
 # ---------------------------------------------------------------------------- batching
@@ -292,14 +157,14 @@ def _enter_train_mode(model, gradient_checkpointing: bool = False) -> dict:
     With gradient_checkpointing, ReftModel.gradient_checkpointing_enable(). Returns what
     `_restore_modes` needs to put every submodule's mode (and checkpointing) back."""
     reft_model = getattr(model, "reft_model", model)
-    was_on = any(getattr(m, "gradient_checkpointing", False) is True for m in _base_model(model).modules())
+    was_on = any(getattr(m, "gradient_checkpointing", False) is True for m in base_model(model).modules())
     if gradient_checkpointing:  # first: a model without checkpointing raises before any change
         reft_model.gradient_checkpointing_enable()
     before = {m: m.training for m in model.modules()}
     model.train()
-    _base_model(model).eval()
+    base_model(model).eval()
     if gradient_checkpointing:
-        for module in _base_model(model).modules():  # HF checkpoints a block in training mode only:
+        for module in base_model(model).modules():  # HF checkpoints a block in training mode only:
             if getattr(module, "gradient_checkpointing", False) is True:  # the block's own flag,
                 module.training = True  # not its submodules' (their dropout stays off)
         return before if was_on else {**before, _CHECKPOINTING: reft_model}
@@ -328,7 +193,7 @@ def evaluate(model, tokenizer=None, examples=None, *, encoded=None, task: str | 
     and accuracy for "classification". Pass raw `examples` (with `tokenizer`) or `encoded`.
     chat_template=None: as the adapter's prompts were built (its prompt_format), else raw.
     Rows run in batches of similar length (sums do not depend on the order)."""
-    task = _infer_task(model, task)
+    task = infer_task(model, task)
     if chat_template is None:
         fmt = getattr(getattr(model, "reft_model", model), "prompt_format", None)
         chat_template = task == "lm" and resolve_chat_template(fmt)
@@ -342,9 +207,9 @@ def evaluate(model, tokenizer=None, examples=None, *, encoded=None, task: str | 
     try:
         for rows in batches_by_length([len(e["input_ids"]) for e in encoded], batch_size):
             batch = collate([encoded[i] for i in rows], pad, padding_side=padding_side)
-            loss, extra = _loss_sum(model, batch, task)
+            loss, extra = loss_sum(model, batch, task)
             total += float(loss.detach())
-            count += _count_targets(batch, task)
+            count += count_targets(batch, task)
             correct += int(extra.get("correct", 0))
     finally:
         _restore_modes(before)
@@ -387,15 +252,14 @@ def length_chunks(rows: list[int], lengths, overhead: int = CHUNK_OVERHEAD_TOKEN
 
 
 def _train_step(model, encoded, groups, task, pad, device, padding_side,
-                loss_sum=None) -> tuple[torch.Tensor, int]:
+                loss_sum=loss_sum) -> tuple[torch.Tensor, int]:
     """Accumulate the gradient of one optimizer step over its micro-batches (this rank's shard
     of each, see minireft.hf.distributed); return (this rank's summed loss, a 0-d tensor on
     `device`, and N, the targets of the whole step on every rank, counted on the host).
-    loss_sum(model, batch, task) -> (summed loss, extra): _loss_sum unless given (the
-    benchmark's LoRA baseline passes its own, to train the same way)."""
-    loss_sum = loss_sum or _loss_sum
+    loss_sum(model, batch, task) -> (summed loss, extra): minireft.hf.loss.loss_sum unless
+    given (the benchmark's LoRA baseline passes its own, to train the same way)."""
     rank, world = distributed.rank_and_world()
-    n_targets = sum(_targets_of(encoded[i], task) for idx in groups for i in idx)
+    n_targets = sum(targets_of(encoded[i], task) for idx in groups for i in idx)
     total = None
     for idx in groups:
         mine = distributed.shard(idx, rank, world)
@@ -478,7 +342,7 @@ def train(model, tokenizer, train_examples, *, eval_examples=None, task: str | N
                 "chat_template": chat_template, "max_length": max_length, "padding_side": padding_side}
     error, out, encoded = None, None, None
     try:  # every check before any work; under torch.distributed every rank learns of any failure
-        task = _infer_task(model, task)
+        task = infer_task(model, task)
         chat_template = settings["chat_template"] = training_chat_template(tokenizer, chat_template, task)
         for name, value in (("batch_size", batch_size), ("grad_accum", grad_accum), ("min_steps", min_steps)):
             _check_count(name, value)
@@ -509,7 +373,7 @@ def train(model, tokenizer, train_examples, *, eval_examples=None, task: str | N
     params = [p for _, p in model.named_trainable_parameters()]
     distributed.broadcast_parameters(params)
     result = TrainResult(total_steps=total_steps, epochs=epochs)
-    pad, device = pad_id(tokenizer), _device(model)
+    pad, device = pad_id(tokenizer), model_device(model)
     log = _Log(progress and rank == 0, log_every if rank == 0 else None, total_steps)
     pending: list[torch.Tensor] = []  # losses of finished steps not yet read from the device
 

@@ -542,7 +542,8 @@ def _run_eval(args) -> int:
     if args.baseline:
         base = reft_model.detach()  # the bare model, exactly as loaded
         results["base"] = evaluation.evaluate(base, tokenizer, rows, **kwargs)
-    source = "flag" if args.chat_template is not None else "the adapter's record"
+    source = ("flag" if args.chat_template is not None else "the adapter's record" if fmt is not None
+              else "the adapter records no prompt format; --chat-template if it was trained with one")
     print(f"{args.data}: {len(rows)} rows; chat template {'on' if chat else 'off'} ({source})")
     print(_eval_table(results))
     if args.json:
@@ -584,7 +585,10 @@ def _add_convert(sub) -> argparse.ArgumentParser:
                     "config.json and intkey_*.bin files) and write a minireft adapter that edits "
                     "the tokens pyreft edits (position_rule pyreft); pyreft does not record the "
                     "positions, so pass them with --positions. --to pyreft SRC: write the minireft "
-                    "adapter SRC as a folder that pyreft.ReftModel.load reads. Needs torch.")
+                    "adapter SRC as a folder that pyreft.ReftModel.load reads. The prompt format (chat "
+                    "template or raw prompts) travels both ways under an extra key of pyreft's "
+                    "config.json, minireft_prompt_format, which pyreft ignores; a folder pyreft wrote "
+                    "itself has none: give it with --chat-template/--no-chat-template. Needs torch.")
     way = p.add_mutually_exclusive_group(required=True)
     way.add_argument("--from", dest="source_format", choices=("pyreft",), help="SRC is a pyreft folder")
     way.add_argument("--to", dest="target_format", choices=("pyreft",), help="write DST as a pyreft folder")
@@ -594,13 +598,19 @@ def _add_convert(sub) -> argparse.ArgumentParser:
                    help="with --from pyreft: the positions the adapter was trained with, e.g. f7+l7")
     p.add_argument("--overwrite", action="store_true",
                    help="with --from pyreft: replace a minireft adapter already at DST")
+    p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --from pyreft: the adapter was trained on prompts wrapped in the chat "
+                        "template (or, --no-chat-template, on raw prompts); recorded in DST so generate "
+                        "and eval build prompts the same way (default: what SRC records, else nothing)")
     return p
 
 
 @_one_line_errors("convert")
 def _run_convert(args) -> int:
     from minireft import io
-    from minireft.pyreft import read_pyreft, write_pyreft
+    from minireft.hf.prompt_format import PromptFormat, read_prompt_format
+    from minireft.pyreft import CONFIG_FILE, read_pyreft, write_pyreft
+    from minireft.pyreft import read_prompt_format as read_pyreft_prompt_format
 
     if args.source_format == "pyreft":
         if args.positions is None:
@@ -608,17 +618,30 @@ def _run_convert(args) -> int:
                              "record them; pass the ones it was trained with, e.g. --positions f7+l7")
         io.check_output(args.output, overwrite=args.overwrite)
         config, params = read_pyreft(args.source, args.positions)
-        io.save_adapter(args.output, config, params)
+        recorded = read_pyreft_prompt_format(args.source)
+        fmt = PromptFormat.from_dict(recorded) if recorded is not None else None
+        if args.chat_template is not None and (fmt is None or fmt.chat_template != args.chat_template):
+            fmt = PromptFormat(args.chat_template)  # the template's hash is unknown: no tokenizer here
+        io.save_adapter(args.output, config, params, prompt_format=fmt.to_dict() if fmt else None)
     else:
-        if args.positions is not None or args.overwrite:
-            raise ValueError("--positions and --overwrite apply to --from pyreft only; --to pyreft "
-                             "writes a new folder and takes the positions from SRC")
+        if args.positions is not None or args.overwrite or args.chat_template is not None:
+            raise ValueError("--positions, --overwrite and --chat-template apply to --from pyreft only; "
+                             "--to pyreft writes a new folder and takes the positions and prompt format "
+                             "from SRC")
         config, params = io.load_adapter(args.source)
-        write_pyreft(args.output, config, params)
+        fmt = read_prompt_format(args.source)
+        write_pyreft(args.output, config, params, prompt_format=fmt.to_dict() if fmt else None)
     groups = "tied" if config.tied else "untied"
+    prompts = ("no prompt format recorded" if fmt is None else
+               f"chat template {'on' if fmt.chat_template else 'off'}")
     print(f"wrote {args.output}: {config.intervention}, layers {list(config.layers)}, rank {config.rank}, "
           f"{groups}, positions {config.positions}, position_rule {config.position_rule}"
-          + (f", component {config.component}" if config.component != "block_output" else ""))
+          + (f", component {config.component}" if config.component != "block_output" else "")
+          + f", {prompts}")
+    if fmt is None and args.source_format == "pyreft":
+        print(f"{args.source}/{CONFIG_FILE} records no prompt format (pyreft keeps none): generate and "
+              "eval will use raw prompts; if the adapter was trained on chat-templated prompts, convert "
+              "again with --chat-template --overwrite", file=sys.stderr)
     if args.target_format == "pyreft":
         rule = ("the same rule" if config.position_rule == "pyreft" else
                 "pyreft's rule, which differs from this adapter's for prompts shorter than 2p or 2s")

@@ -31,6 +31,13 @@ What the folder does not record, and read_pyreft therefore takes or assumes: the
 ("f7+l7": an argument), dropout (0), act_fn (linear, pyreft's default). An imported adapter
 gets position_rule="pyreft", so it edits exactly the prompt tokens pyreft edits.
 
+The prompt format (minireft.hf.prompt_format: chat template or raw prompts) has no pyreft
+field, so write_pyreft keeps it under an extra key of config.json, "minireft_prompt_format"
+(omitted when unknown), and read_prompt_format reads it back. pyreft's loader tolerates the
+key: pyvene's IntervenableConfig passes unknown keys to transformers' PretrainedConfig,
+which keeps them as attributes, so pyreft.ReftModel.load reads the folder as before and its
+save writes the key again. A folder pyreft trained itself has no such key.
+
 torch is needed (the .bin files are torch zip archives), and imported only when called: .bin
 files are read with torch.load(weights_only=True), which refuses anything but tensors and
 plain containers. pyreft's own loader (pyreft.ReftModel.load) rebuilds every
@@ -55,6 +62,7 @@ from minireft import io
 from minireft.config import ReftConfig
 
 CONFIG_FILE = "config.json"
+PROMPT_FORMAT_KEY = "minireft_prompt_format"  # config.json's extra key (module docstring)
 COMPONENTS = ("block_output", "attention_output", "mlp_output")  # pyvene's names = ReftConfig.component
 KINDS = {  # pyreft class -> minireft intervention
     "LoreftIntervention": "loreft",
@@ -135,6 +143,19 @@ def read_pyreft(folder, positions: str) -> tuple[ReftConfig, dict[str, np.ndarra
     except io.AdapterError as e:
         raise PyreftError(f"{folder}: {e}") from None
     return config, params
+
+
+def read_prompt_format(folder) -> dict | None:
+    """The prompt format recorded in the pyreft folder's config.json ("minireft_prompt_format",
+    as write_pyreft stores it: {"chat_template": bool, "chat_template_sha256": str | null}),
+    None when the folder has none (pyreft itself never writes one). Reads JSON only."""
+    path = Path(folder) / CONFIG_FILE
+    value = _read_config(Path(folder)).get(PROMPT_FORMAT_KEY)
+    if value is not None and not (isinstance(value, dict) and isinstance(value.get("chat_template"), bool)
+                                  and isinstance(value.get("chat_template_sha256"), (str, type(None)))):
+        raise PyreftError(f"{path}: {PROMPT_FORMAT_KEY} = {value!r}; expected {{'chat_template': bool, "
+                          f"'chat_template_sha256': str | null}} (or no key)")
+    return value
 
 
 def _read_config(folder: Path) -> dict:
@@ -246,12 +267,14 @@ def _params_of(kind: str, state: dict, folder: Path, layer: int, k: int, compone
 # ----------------------------------------------------------------------------- writing
 
 
-def write_pyreft(folder, config: ReftConfig, params: dict) -> Path:
+def write_pyreft(folder, config: ReftConfig, params: dict, *, prompt_format: dict | None = None) -> Path:
     """Write `folder` so that pyreft 0.1.0's ReftModel.load(folder, model) builds these
     interventions (module docstring). Tensors are written in float32; a float64 adapter is
     rounded. The positions and position_rule are not stored (pyreft has no field for them):
-    pass the same positions to pyreft's get_intervention_locations. The folder must not exist,
-    or be empty."""
+    pass the same positions to pyreft's get_intervention_locations. prompt_format (the adapter's
+    reft_config.json "prompt_format" dict) goes under config.json's "minireft_prompt_format",
+    which pyreft ignores and read_prompt_format reads back. The folder must not exist, or be
+    empty."""
     torch = _torch()
     folder = Path(folder)
     if config.intervention not in WRITABLE:
@@ -281,6 +304,8 @@ def write_pyreft(folder, config: ReftConfig, params: dict) -> Path:
         "representations": [[layer, config.component, "pos", 1, config.rank] + [None] * 9 for layer, _ in order],
         "sorted_keys": keys,
     }
+    if prompt_format is not None:
+        meta[PROMPT_FORMAT_KEY] = prompt_format
     staging = io.staging_dir(folder)
     try:
         for key, state in states.items():

@@ -119,6 +119,67 @@ def test_prompt_format_travels_in_the_adapter(llama_dir, tmp_path, capsys):
     assert generate() == raw
 
 
+def test_the_prompt_format_survives_a_pyreft_round_trip(llama_dir, tmp_path, capsys):
+    """convert --to pyreft keeps the prompt format under config.json's extra key, --from pyreft
+    brings it back, so the round-tripped adapter generates what the original does; a folder
+    without the key records nothing (eval says so, not "the adapter's record") unless
+    --chat-template/--no-chat-template gives it."""
+    from minireft import io
+    from minireft.pyreft import CONFIG_FILE, PROMPT_FORMAT_KEY
+
+    data = write_jsonl(tmp_path / "train.jsonl", PAIRS)
+    out = tmp_path / "adapter"
+    assert main(["train", "--model", llama_dir, "--data", data, "--output", str(out), "--chat-template",
+                 *TRAIN_ARGS]) == 0
+    want = io.read_meta(out)["prompt_format"]
+    assert want["chat_template"] is True and want["chat_template_sha256"], want
+
+    def generate(adapter):
+        capsys.readouterr()
+        assert main(["generate", "--model", llama_dir, "--adapter", str(adapter), "--prompt", "dog",
+                     "--max-new-tokens", "3"]) == 0
+        return capsys.readouterr().out
+
+    original = generate(out)
+    assert main(["convert", "--to", "pyreft", str(out), "--output", str(tmp_path / "pyreft")]) == 0
+    assert "chat template on" in capsys.readouterr().out
+    pyreft_config = tmp_path / "pyreft" / CONFIG_FILE
+    assert json.loads(pyreft_config.read_text())[PROMPT_FORMAT_KEY] == want
+    assert main(["convert", "--from", "pyreft", str(tmp_path / "pyreft"), "--positions", "f2+l2",
+                 "--output", str(tmp_path / "back")]) == 0
+    captured = capsys.readouterr()
+    assert "chat template on" in captured.out and captured.err == "", captured
+    assert io.read_meta(tmp_path / "back")["prompt_format"] == want
+    assert generate(tmp_path / "back") == original
+
+    # a folder pyreft wrote itself has no key: nothing is recorded, and every message says so
+    meta = json.loads(pyreft_config.read_text())
+    del meta[PROMPT_FORMAT_KEY]
+    pyreft_config.write_text(json.dumps(meta))
+    assert main(["convert", "--from", "pyreft", str(tmp_path / "pyreft"), "--positions", "f2+l2",
+                 "--output", str(tmp_path / "bare")]) == 0
+    captured = capsys.readouterr()
+    assert "no prompt format recorded" in captured.out and captured.err.count("\n") == 1, captured
+    assert "records no prompt format" in captured.err and "--chat-template" in captured.err, captured.err
+    assert "prompt_format" not in io.read_meta(tmp_path / "bare")
+    assert generate(tmp_path / "bare") != original, "raw and templated prompts agree: the test cannot tell"
+    held_out = write_jsonl(tmp_path / "eval.jsonl", PAIRS[:2])
+    assert main(["eval", "--model", llama_dir, "--adapter", str(tmp_path / "bare"), "--data", held_out,
+                 "--no-generate", "-q"]) == 0
+    out_text = capsys.readouterr().out
+    assert "chat template off (the adapter records no prompt format" in out_text, out_text
+    assert "the adapter's record" not in out_text
+    for flag, on in (("--chat-template", True), ("--no-chat-template", False)):
+        target = tmp_path / f"given{flag}"
+        assert main(["convert", "--from", "pyreft", str(tmp_path / "pyreft"), "--positions", "f2+l2",
+                     "--output", str(target), flag]) == 0
+        assert capsys.readouterr().err == ""
+        assert io.read_meta(target)["prompt_format"] == {"chat_template": on, "chat_template_sha256": None}
+    assert generate(tmp_path / "given--chat-template") == original
+    assert main(["convert", "--to", "pyreft", str(out), "--output", str(tmp_path / "x"), "--chat-template"]) == 2
+    assert "apply to --from pyreft only" in capsys.readouterr().err
+
+
 def test_a_different_chat_template_is_one_warning_line(llama_dir, tmp_path, capsys):
     import shutil
 

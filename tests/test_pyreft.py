@@ -319,6 +319,41 @@ def test_the_pyreft_rule_is_pyrefts_locations_without_pads(n, positions, tied):
     assert real == ([pre + suf] if tied or not (p and s) else [pre, suf])
 
 
+FORMAT = {"chat_template": True, "chat_template_sha256": "ab" * 32}
+
+
+@needs_pyreft
+def test_the_prompt_format_key_loads_in_pyreft_and_survives_its_save(tmp_path):
+    """pyreft's loader reads a folder with the extra "minireft_prompt_format" key as before
+    (the same interventions as without it), and pyreft's own save writes the key back."""
+    from minireft.pyreft import read_prompt_format
+
+    pyreft = fixtures.import_pyreft()
+    config, params = read_pyreft(FIXTURES / "loreft_tied", "f3+l1")
+    write_pyreft(tmp_path / "with", config, params, prompt_format=FORMAT)
+    write_pyreft(tmp_path / "without", config, params)
+    assert read_prompt_format(tmp_path / "with") == FORMAT and read_prompt_format(tmp_path / "without") is None
+    loaded = {name: pyreft.ReftModel.load(str(tmp_path / name), tiny_model()) for name in ("with", "without")}
+    states = {name: {k: v.state_dict() for k, v in reft.interventions.items()} for name, reft in loaded.items()}
+    assert states["with"].keys() == states["without"].keys()
+    for key, state in states["with"].items():
+        assert all(torch.equal(t, states["without"][key][n]) for n, t in state.items()), key
+    loaded["with"].save(str(tmp_path / "saved"))
+    assert read_prompt_format(tmp_path / "saved") == FORMAT
+    assert read_pyreft(tmp_path / "saved", "f3+l1")[0] == config  # (W, b come back bfloat16-rounded)
+
+
+@pytest.mark.parametrize("value", ["yes", {"chat_template": "yes"}, {"chat_template": True, "chat_template_sha256": 3}])
+def test_a_malformed_prompt_format_key_is_refused_naming_the_file(tmp_path, value):
+    from minireft.pyreft import PROMPT_FORMAT_KEY, read_prompt_format
+
+    folder = broken_copy(tmp_path)
+    meta = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(meta | {PROMPT_FORMAT_KEY: value}))
+    with pytest.raises(PyreftError, match=f"config.json: {PROMPT_FORMAT_KEY} = "):
+        read_prompt_format(folder)
+
+
 # ---------------------------------------------------------------- the command
 
 

@@ -33,6 +33,7 @@ Usage:
     python scripts/bench_tasks.py --quick     # tiny sizes: a smoke test of every path
     python scripts/bench_tasks.py --tasks boolq piqa --methods zero-shot loreft lora
     python scripts/bench_tasks.py --tasks rotten_tomatoes --methods loreft --lr 2e-2   # a candidate
+    python scripts/bench_tasks.py --curve --tasks format          # learning curves, validation rows
 
 The default size costs what the defaults cost: 64 steps of 8 rows through most of SmolLM2's
 blocks is 5 s a step for ~90-token rows and 13 s for BoolQ's ~180 on 2 cores, for three
@@ -60,16 +61,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))  # bench_curves, paired
 
-LM_TASKS = ("piqa", "boolq", "asdiv", "constraints")
+# The default set: every task here decides something at 135M. PIQA and ASDiv (--tasks all)
+# sit at chance / near zero for every method (results/bench_tasks/README.md).
+DEFAULT_TASKS = ("rt_words", "boolq_short", "constraints", "format", "rotten_tomatoes")
+LM_TASKS = ("rt_words", "boolq_short", "constraints", "format", "piqa", "boolq", "asdiv")
 TASKS = (*LM_TASKS, "rotten_tomatoes")
 METHODS = ("zero-shot", "loreft", "direft", "lora")
-FAMILY = {"piqa": "commonsense", "boolq": "reading", "asdiv": "arithmetic",
-          "constraints": "instruction following", "rotten_tomatoes": "classification"}
+FAMILY = {"piqa": "commonsense", "boolq": "reading", "boolq_short": "reading", "asdiv": "arithmetic",
+          "constraints": "instruction following", "format": "new output format",
+          "rt_words": "sentiment (word answer)", "rotten_tomatoes": "classification"}
 LORA_RANK, LORA_ALPHA, LORA_LR = 8, 16, 5e-4
 # A ReFT candidate (--rank, --positions, --layers, --lr, --min-steps, --seed) replaces these
 # of the defaults for LoReFT and DiReFT only; zero-shot and LoRA stay as they are.
 CONFIG_FIELDS, TRAIN_FIELDS = ("layers", "rank", "positions"), ("lr", "min_steps")
+# The format task has 64 training words in all: it trains on 32 (as the demo's format test),
+# the other 32 validate; its 32 test words are its own split.
+FORMAT_TRAIN = 32
+BOOLQ_MAX_CHARS = 400  # boolq_short: a median prompt of 105 tokens with the chat template (168 for all)
 SIZES = {"default": {"train": 256, "test": 300, "max_steps": None},
          "quick": {"train": 8, "test": 4, "max_steps": 2}}
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -139,9 +149,53 @@ def constraints_task(split: str, n: int, seed: int = 0) -> list[dict]:
     return rows[:n]
 
 
-def load_task(name: str, n_train: int, n_test: int) -> Task:
+def short_boolq(split: str) -> list[dict]:
+    """BoolQ rows (datasets.boolq, shuffled with seed 0) whose prompt is at most BOOLQ_MAX_CHARS
+    characters: train 1,811 of 9,427 (62% "yes", like the whole split)."""
     from minireft.demo import datasets
 
+    return [r for r in datasets.boolq(split, None, seed=0) if len(r["prompt"]) <= BOOLQ_MAX_CHARS]
+
+
+def load_task(name: str, n_train: int, n_test: int, split: str = "test") -> Task:
+    """The task's first n_train training rows and n_test rows of `split`.
+
+    split="test": the held-out rows the benchmark reports. split="val": rows carved from the
+    training split that training never sees (the next n_test after the training rows; for
+    the constraints, the "val" words, training on the disjoint "tune" words), on which the
+    curves and the defaults are chosen, so the test rows are scored once, at the end.
+    """
+    from minireft.demo import datasets
+
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', got {split!r}")
+    val = split == "val"
+    if name in ("rt_words", "rotten_tomatoes", "boolq_short", "format"):
+        pool = {"rt_words": lambda: datasets.rotten_tomatoes("train", None, seed=0),
+                "rotten_tomatoes": lambda: datasets.rotten_tomatoes("train", None, seed=0),
+                "boolq_short": lambda: short_boolq("train"),
+                "format": lambda: datasets.format_task("train", None, seed=0)}[name]()
+        if name == "format":
+            n_train = FORMAT_TRAIN
+        train = pool[:n_train]
+        test = pool[n_train:n_train + n_test] if val else {
+            "rt_words": lambda: datasets.rotten_tomatoes("test", n_test, seed=1),
+            "rotten_tomatoes": lambda: datasets.rotten_tomatoes("test", n_test, seed=1),
+            "boolq_short": lambda: short_boolq("validation")[:n_test],
+            "format": lambda: datasets.format_task("test", None, seed=0)[:n_test]}[name]()
+        if name == "rotten_tomatoes":
+            def as_text(rows):
+                return [{"text": r["prompt"].split('"')[1], "label": r["label"]} for r in rows]
+            return Task(name, "classify", as_text(train), as_text(test))
+        if name == "format":
+            return Task(name, "exact", train, test)
+        choices = ["negative", "positive"] if name == "rt_words" else ["no", "yes"]
+        return Task(name, "choices", train, [dict(r, choices=choices) for r in test])
+    if val:
+        if name != "constraints":
+            raise ValueError(f"task {name!r} has no validation rows; tasks with them: "
+                             f"{DEFAULT_TASKS}")
+        return Task(name, "program", constraints_task("tune", n_train), constraints_task("val", n_test))
     if name == "piqa":
         choices = ["A", "B"]
         return Task(name, "choices", datasets.piqa("train", n_train),
@@ -156,12 +210,16 @@ def load_task(name: str, n_train: int, n_test: int) -> Task:
                     numeric(datasets.asdiv("test", None))[:n_test])
     if name == "constraints":
         return Task(name, "program", constraints_task("train", n_train), constraints_task("test", n_test))
-    if name == "rotten_tomatoes":
-        def as_text(rows):
-            return [{"text": r["prompt"].split('"')[1], "label": r["label"]} for r in rows]
-        return Task(name, "classify", as_text(datasets.rotten_tomatoes("train", n_train)),
-                    as_text(datasets.rotten_tomatoes("test", n_test, seed=1)))
     raise ValueError(f"unknown task {name!r}; choose from {TASKS}")
+
+
+def majority_accuracy(task: Task) -> float | None:
+    """The accuracy of always answering the held-out rows' most common label (choices and
+    classify tasks), None where answers are open (generation)."""
+    if task.kind not in ("choices", "classify"):
+        return None
+    labels = [r["completion"] if task.kind == "choices" else r["label"] for r in task.test]
+    return max(labels.count(x) for x in set(labels)) / len(labels)
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -172,26 +230,35 @@ def last_number(text: str) -> float | None:
     return float(found[-1]) if found else None
 
 
-def score_lm(model, tokenizer, task: Task, *, chat_template: bool, batch_size: int = 8,
-             generate_batch_size: int = 32) -> float:
-    """Held-out accuracy of `model` (bare, ReftModel or PEFT) on an LM task, as the module doc says.
+def score_rows(model, tokenizer, task: Task, *, chat_template: bool, batch_size: int = 8,
+               generate_batch_size: int = 32) -> list[bool]:
+    """Whether `model` (bare, ReftModel or PEFT) gets each held-out row of an LM task right, as
+    the module doc says: the rows the paired intervals compare.
 
     Generation runs 32 rows at a time: on a CPU a decoding step reads every weight whatever
     the batch, so 64 constraint rows took 20.8 s at 32 against 38.1 s at 8."""
     from minireft.hf import evaluation
 
     if task.kind == "choices":
-        return evaluation.score_choices(model, tokenizer, task.test, chat_template=chat_template,
-                                        batch_size=batch_size)["accuracy"]
+        got = evaluation.score_choices(model, tokenizer, task.test, chat_template=chat_template,
+                                       batch_size=batch_size)["predictions"]
+        return [r["choices"][k] == r["completion"] for k, r in zip(got, task.test)]
     new = evaluation.default_max_new_tokens(tokenizer, [r["completion"] for r in task.test])
     gens = evaluation.generate_greedy(model, tokenizer, [r["prompt"] for r in task.test],
                                       chat_template=chat_template, max_new_tokens=new,
                                       batch_size=generate_batch_size)
     if task.kind == "number":
-        hits = [last_number(g) is not None and last_number(g) == last_number(r["completion"])
+        return [last_number(g) is not None and last_number(g) == last_number(r["completion"])
                 for g, r in zip(gens, task.test)]
-    else:  # "program": the constraint has exactly one satisfying answer
-        hits = [evaluation.normalise(g) == r["completion"] for g, r in zip(gens, task.test)]
+    # "program" (each constraint has exactly one satisfying answer) and "exact"
+    return [evaluation.normalise(g) == r["completion"] for g, r in zip(gens, task.test)]
+
+
+def score_lm(model, tokenizer, task: Task, *, chat_template: bool, batch_size: int = 8,
+             generate_batch_size: int = 32) -> float:
+    """Held-out accuracy: the mean of score_rows."""
+    hits = score_rows(model, tokenizer, task, chat_template=chat_template, batch_size=batch_size,
+                      generate_batch_size=generate_batch_size)
     return sum(hits) / len(hits)
 
 
@@ -257,9 +324,9 @@ def _identity(reft) -> None:
 
 
 def score_classifier(classifier, tokenizer, task: Task) -> float:
-    from minireft.hf.training import evaluate
+    from minireft.hf.evaluation import mean_loss
 
-    return evaluate(classifier, tokenizer, task.test, task="classification")["accuracy"]
+    return mean_loss(classifier, tokenizer, task.test, task="classification")["accuracy"]
 
 
 def _steps_and_batch(n_train: int, max_steps: int | None) -> tuple[int, int]:
@@ -272,10 +339,15 @@ def _steps_and_batch(n_train: int, max_steps: int | None) -> tuple[int, int]:
 
 
 def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0,
-             max_steps: int | None = None) -> dict:
+             max_steps: int | None = None, lr: float = LORA_LR, steps: int | None = None,
+             on_step=None) -> dict:
     """PEFT LoRA r8 on every linear layer of a copy of `model` (the shared model is untouched),
     trained with ReFT's default steps and batch size (in sub-batches of similar length, as train()
-    runs ReFT on a CPU), AdamW at LORA_LR, warmup + linear decay."""
+    runs ReFT on a CPU), AdamW at `lr`, warmup + linear decay.
+
+    steps: the run's optimizer steps (None: ReFT's default for the data, capped at max_steps).
+    on_step(step, lora, head): called after every optimizer step (scripts/bench_curves.py
+    scores its checkpoints there); with it, nothing is scored at the end ("accuracy" None)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -290,8 +362,9 @@ def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0
                                            target_modules="all-linear"))
     head = torch.nn.Linear(base.config.hidden_size, 2) if is_classify else None
     params = [p for p in lora.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
-    steps, batch_size = _steps_and_batch(len(task.train), max_steps)
-    optimizer = torch.optim.AdamW(params, lr=LORA_LR, weight_decay=0.0)
+    default_steps, batch_size = _steps_and_batch(len(task.train), max_steps)
+    steps = steps or default_steps
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(math.ceil(0.1 * steps), steps))
     encoded = encode_examples(tokenizer, task.train, task="classification" if is_classify else "lm",
                               chat_template=chat_template and not is_classify)
@@ -306,7 +379,7 @@ def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0
     order: list[int] = []
     lora.train()
     start = time.perf_counter()
-    for _ in range(steps):
+    for step in range(steps):
         if len(order) < batch_size:
             order += torch.randperm(len(encoded), generator=generator).tolist()
         idx, order = order[:batch_size], order[batch_size:]
@@ -316,29 +389,46 @@ def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0
                     torch.device("cpu"), "right", loss_sum=loss_sum)
         optimizer.step()
         scheduler.step()
+        if on_step is not None:
+            on_step(step + 1, lora, head)
     seconds = time.perf_counter() - start
     lora.eval()
     n_params = sum(p.numel() for p in params)
-    if is_classify:
+    if on_step is not None:
+        accuracy = None
+    elif is_classify:
         accuracy = _score_lora_classifier(lora, head, tokenizer, task)
     else:
         accuracy = score_lm(lora, tokenizer, task, chat_template=chat_template)
     return {"params": n_params, "accuracy": accuracy, "seconds": seconds, "steps": steps}
 
 
-def _score_lora_classifier(encoder, head, tokenizer, task: Task) -> float:
+def classify_rows(predict, tokenizer, task: Task, batch_size: int = 16) -> list[bool]:
+    """Whether predict(input_ids, attention_mask) -> (B,) class gets each held-out row right."""
     import torch
 
     from minireft.hf.data import collate, encode_examples, pad_id
 
     encoded = encode_examples(tokenizer, task.test, task="classification")
-    correct = 0
+    hits: list[bool] = []
     with torch.no_grad():
-        for start in range(0, len(encoded), 16):
-            batch = collate(encoded[start:start + 16], pad_id(tokenizer))
-            hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-            correct += int((head(hidden[:, 0]).argmax(-1) == batch["labels"]).sum())
-    return correct / len(encoded)
+        for start in range(0, len(encoded), batch_size):
+            batch = collate(encoded[start:start + batch_size], pad_id(tokenizer))
+            hits += (predict(batch["input_ids"], batch["attention_mask"]) == batch["labels"]).tolist()
+    return hits
+
+
+def lora_predict(encoder, head):
+    """The LoRA baseline's classifier: the head on the first token's last hidden state."""
+    def predict(input_ids, attention_mask):
+        hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return head(hidden[:, 0]).argmax(-1)
+    return predict
+
+
+def _score_lora_classifier(encoder, head, tokenizer, task: Task) -> float:
+    hits = classify_rows(lora_predict(encoder, head), tokenizer, task)
+    return sum(hits) / len(hits)
 
 
 def run_method(method: str, model, tokenizer, task: Task, *, chat_template: bool,
@@ -453,7 +543,14 @@ def write_report(rows: list[dict], out: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes: every path in a few minutes")
-    p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    p.add_argument("--tasks", nargs="+", choices=(*TASKS, "all"), default=list(DEFAULT_TASKS),
+                   help=f"default: {' '.join(DEFAULT_TASKS)}; 'all' adds {' '.join(sorted(set(TASKS) - set(DEFAULT_TASKS)))}")
+    p.add_argument("--curve", action="store_true",
+                   help="learning curves on validation rows, LoReFT and LoRA over their lr grids "
+                        "(scripts/bench_curves.py); writes <out>/curves/")
+    p.add_argument("--lrs", nargs="+", type=float, help="--curve: this lr grid for the one method of --methods")
+    p.add_argument("--curve-steps", nargs="+", type=int,
+                   help="--curve: the checkpoints, the last the run's length (default 16 32 64 128 256)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--n-train", type=int, help="training rows per task (default 256; --quick 8)")
     p.add_argument("--n-test", type=int, help="held-out rows per task (default 300; --quick 4)")
@@ -467,6 +564,10 @@ def main(argv=None) -> int:
     cand.add_argument("--min-steps", type=int)
     cand.add_argument("--seed", type=int)
     args = p.parse_args(argv)
+    if "all" in args.tasks:
+        args.tasks = list(TASKS)
+    if args.curve:
+        return curve_main(args)
     candidate = {k: getattr(args, k) for k in (*CONFIG_FIELDS, *TRAIN_FIELDS, "seed") if getattr(args, k) is not None}
     if "layers" in candidate:
         candidate["layers"] = tuple(int(x) for x in candidate["layers"].split(","))
@@ -486,6 +587,32 @@ def main(argv=None) -> int:
                n_test=args.n_test or size["test"], out=out, max_steps=size["max_steps"], candidate=candidate)
     print(markdown(rows))
     print(f"wrote {out}/results.md, results.json, accuracy_vs_params.png in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def curve_main(args) -> int:
+    """--curve: scripts/bench_curves.py's runs for args.tasks (one torch thread unless --threads)."""
+    import torch
+
+    import bench_curves
+    from minireft.hf.loading import load_model
+
+    methods = [m for m in args.methods if m in ("loreft", "lora")] or ["loreft", "lora"]
+    if args.lrs and len(methods) != 1:
+        raise SystemExit("--lrs needs exactly one of loreft / lora in --methods")
+    torch.set_num_threads(args.threads or 1)
+    sys.stdout.reconfigure(line_buffering=True)
+    quick = bench_curves.QUICK if args.quick else {}
+    lm = load_model("smollm2") if set(args.tasks) - {"rotten_tomatoes"} else None
+    encoder = load_encoder() if "rotten_tomatoes" in args.tasks else None
+    out = Path(args.out) / ("quick" if args.quick else "") / "curves"
+    bench_curves.run(sys.modules[__name__], args.tasks, lm=lm, encoder=encoder, out=out, methods=methods,
+                     lrs={methods[0]: args.lrs} if args.lrs else None,
+                     steps=tuple(args.curve_steps or quick.get("steps", bench_curves.CURVE_STEPS)),
+                     n_train=args.n_train or quick.get("train", 256),
+                     n_val=args.n_test or quick.get("val", bench_curves.N_VAL))
+    bench_curves.write_report(out)
+    print(f"wrote {out}/runs.jsonl, summary.md and a plot per task")
     return 0
 
 

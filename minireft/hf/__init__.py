@@ -4,6 +4,7 @@
     model       attach(model, config) -> ReftModel: hooks (minireft.torch.edit), forward,
                 generate, save, load; several named adapters (add/load/set/delete_adapter)
                 and per-row adapter_names in one batch
+    edit_plan   routing edit plans to rows: several adapters in one batch, generate()'s repeats
     data        examples -> token ids and labels; batches
     recipe      train()'s defaults, in one place the CLI reads without torch
     training    train(), evaluate(): staged saving, nothing lost on failure

@@ -36,7 +36,7 @@ has its own config (layers, rank, positions, intervention may differ) and interv
 one hook per hooked (layer, module) serves every adapter that edits it. A call with
 adapter_names=[a_0, ..., a_{B−1}] (a_b an adapter's name, or None for the bare model) builds
 one EditPlan per named adapter from the rows that name it, with its own config, and places
-it in the batch (EditPlan.placed_at); the hook gathers every adapter's edited states, applies
+it in the batch (minireft.hf.edit_plan); the hook gathers every adapter's edited states, applies
 each adapter's Φ to its own, and writes them all with one index_put. The plans hold disjoint
 rows, and positions are per row, so every row gets exactly what it gets alone: this is
 routing, not new math (the spec, minireft.edit, is the same for each row).
@@ -68,7 +68,8 @@ from minireft.hf.blocks import (
     hidden_size_of,
 )
 from minireft.hf.prompt_format import PromptFormat, read_prompt_format, template_mismatch
-from minireft.torch.edit import EditPlan, apply_plans
+from minireft.hf.edit_plan import Routing, apply_plans, place_plan
+from minireft.torch.edit import EditPlan
 from minireft.torch.modules import Intervention
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -129,19 +130,6 @@ def _counts_positions_itself(model: nn.Module) -> bool:
 DEFAULT = "default"  # the name of the adapter that attach() and from_pretrained() create
 
 
-@dataclasses.dataclass(frozen=True)
-class _Routing:
-    """One call's edit: {adapter name: its EditPlan over the whole batch}; the plans hold
-    disjoint rows (EditPlan.placed_at) and rows that no plan names run untouched."""
-
-    plans: dict
-    batch: int
-
-    def expand(self, k: int) -> _Routing:
-        """Each row repeated k times in place (generate()'s beams and samples), in every plan."""
-        return _Routing({name: plan.expand(k) for name, plan in self.plans.items()}, self.batch * k)
-
-
 class ReftModel(nn.Module):
     """A frozen Hugging Face model with ReFT interventions at the outputs of some blocks, in
     one or more named adapters, one of them active.
@@ -181,8 +169,8 @@ class ReftModel(nn.Module):
         self._active: str | None = None
         self._hooks: dict[tuple, torch.utils.hooks.RemovableHandle] = {}  # (layer, module) -> its hook
         self._editors: dict[tuple, dict[str, nn.ModuleDict]] = {}  # (layer, module) -> {adapter: groups}
-        self._plan_source: _Routing | None = None  # the prompt batch of the current forward/generate
-        self._plan: _Routing | None = None  # the routing of the base-model call running now
+        self._plan_source: Routing | None = None  # the prompt batch of the current forward/generate
+        self._plan: Routing | None = None  # the routing of the base-model call running now
         self._num_edits = 0  # block outputs edited so far (tests count prefill vs decode)
         self._fill_position_ids = _counts_positions_itself(model)  # a property of the model: decided once
         self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -488,9 +476,9 @@ class ReftModel(nn.Module):
         finally:
             self._plan_source = self._plan = None
 
-    def _routing(self, mask, prompt_lengths, adapter_names, edit_plan=None) -> _Routing | None:
+    def _routing(self, mask, prompt_lengths, adapter_names, edit_plan=None) -> Routing | None:
         """Which adapter edits which rows of a (B, L) batch: one EditPlan per named adapter, built
-        on the rows that name it (EditPlan.placed_at); None when no row is edited."""
+        on the rows that name it (minireft.hf.edit_plan.place_plan); None when no row is edited."""
         batch = mask.shape[0] if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
         if adapter_names is None:
             if self._active is None:
@@ -498,7 +486,7 @@ class ReftModel(nn.Module):
                     self._require_active()
                 return None
             plan = edit_plan if edit_plan is not None else EditPlan.from_mask(mask, prompt_lengths, self.config)
-            return _Routing({self._active: plan}, plan.batch)
+            return Routing({self._active: plan}, plan.batch)
         if edit_plan is not None:
             raise ValueError("edit_plan is the active adapter's plan; with adapter_names, leave edit_plan "
                              "None (each adapter's plan is built from attention_mask)")
@@ -515,8 +503,8 @@ class ReftModel(nn.Module):
             except ValueError as e:
                 raise ValueError(f"{e} (row numbers count the rows that name adapter {name!r}: batch rows "
                                  f"{rows})") from None
-            plans[name] = plan.placed_at(index, batch)
-        return _Routing(plans, batch) if plans else None
+            plans[name] = place_plan(plan, index, batch)
+        return Routing(plans, batch) if plans else None
 
     def _check_adapter_names(self, adapter_names, batch: int | None) -> list:
         if isinstance(adapter_names, str) or not isinstance(adapter_names, (list, tuple)):

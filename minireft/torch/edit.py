@@ -9,8 +9,9 @@ batch at once (`position_index`), once per forward call, into an `EditPlan`: per
 the K_g edited (row, column) pairs. Applying the plan to H (B, L, d) gathers H[rows, cols]
 (K_g, d), applies Φ_g once, and writes every group's result into one copy of H with
 index_put: the work beyond that copy is proportional to the edited positions, and
-unedited entries are H's, bit for bit. ReftModel's block hooks call EditPlan.apply with
-their Intervention modules, so the hook is this mirror.
+unedited entries are H's, bit for bit. ReftModel's block hooks apply the plan with their
+Intervention modules, so the hook is this mirror; routing plans to rows (several adapters in
+one batch, generate()'s repeated rows) is minireft.hf.edit_plan's.
 """
 
 from __future__ import annotations
@@ -147,14 +148,6 @@ class EditPlan:
             pairs[group] = (rows[valid], index[valid])  # (K_g,) each, row-major
         return cls(pairs, B, L)
 
-    def expand(self, k: int) -> EditPlan:
-        """Each row repeated k times in place, as generate() expands rows for beams and samples."""
-        pairs = {}
-        for group, (rows, cols) in self.pairs.items():
-            copies = torch.arange(k, device=rows.device)
-            pairs[group] = ((rows[:, None] * k + copies).reshape(-1), cols.repeat_interleave(k))
-        return EditPlan(pairs, self.batch * k, self.length)
-
     def index(self, group: str, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, cols), (K_g,) each, on `device`: h[rows, cols] are group g's edited states."""
         key = (group, device)
@@ -165,11 +158,13 @@ class EditPlan:
     def apply(self, h: torch.Tensor, phis) -> torch.Tensor:
         """H' = H with H[rows_g, cols_g] ← Φ_g(H[rows_g, cols_g]) for every group g of phis
         ({group: callable (K, d) → (K, d)}, e.g. a ModuleDict of Interventions). h: (B, L, d)."""
-        return apply_plans(h, [(self, phis)])
+        rows, cols, values = self.edits(h, phis)  # (K,), (K,), (K, d)
+        return h.index_put((rows, cols), values)
 
     def edits(self, h: torch.Tensor, phis) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rows (K,), cols (K,), Φ(H[rows, cols]) (K, d)): every group's edited states, edited,
-        groups concatenated; `apply` writes them into a copy of h (B, L, d)."""
+        groups concatenated; `apply` writes them into a copy of h (B, L, d) (minireft.hf.edit_plan
+        writes several plans' at once)."""
         if h.dim() != 3 or h.shape[0] != self.batch or h.shape[1] < self.length:
             raise RuntimeError(f"a hooked block returned hidden states of shape {tuple(h.shape)}, but the "
                                f"edit plan is for batch {self.batch} and at least {self.length} positions")
@@ -180,33 +175,6 @@ class EditPlan:
             cols.append(c)
             edits.append(phi(h[r, c]))  # (K_g, d)
         return torch.cat(rows), torch.cat(cols), torch.cat(edits)
-
-    def placed_at(self, rows: torch.Tensor, batch: int) -> EditPlan:
-        """This plan of a sub-batch with its row i renamed rows[i], for a batch of `batch` rows.
-
-        rows: (self.batch,) distinct row indices < batch, increasing (pairs stay row-major).
-        Routing, not new math: several adapters on one batch (ReftModel's adapter_names) build
-        one plan per adapter on the rows that name it, then place each in the full batch, where
-        the plans edit disjoint rows (`apply_plans`). Rows no plan names are left untouched.
-        """
-        if rows.shape != (self.batch,):
-            raise ValueError(f"rows must hold one index per row of the plan ({self.batch}), got shape "
-                             f"{tuple(rows.shape)}")
-        pairs = {group: (rows.to(r.device)[r], c) for group, (r, c) in self.pairs.items()}
-        return EditPlan(pairs, batch, self.length)
-
-
-def apply_plans(h: torch.Tensor, work) -> torch.Tensor:
-    """H' = H with, for each (plan, phis) of `work`, H[rows_g, cols_g] ← Φ_g(H[rows_g, cols_g])
-    (EditPlan.apply per plan) in one index_put into one copy of h (B, L, d).
-
-    The plans must edit disjoint positions: groups of one plan never share a position, and the
-    plans of several adapters on one batch hold disjoint rows (EditPlan.placed_at), so each
-    edited entry is written exactly once and the result is each plan applied alone.
-    """
-    parts = [plan.edits(h, phis) for plan, phis in work]
-    rows, cols, values = (torch.cat(t) if len(t) > 1 else t[0] for t in zip(*parts))
-    return h.index_put((rows, cols), values)
 
 
 def _prompt_lengths(prompt_lengths, batch: int, device) -> torch.Tensor:

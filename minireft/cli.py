@@ -174,7 +174,9 @@ def _add_train(sub) -> argparse.ArgumentParser:
     p.add_argument("--eval", metavar="FILE.jsonl", help="held-out examples, evaluated after every epoch")
     p.add_argument("--output", required=True, metavar="DIR", help="the adapter folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an adapter already in --output")
-    p.add_argument("--task", choices=("lm", "classification"), default="lm")
+    p.add_argument("--task", choices=("lm", "classification"), default="lm",
+                   help="lm: loss on the completion tokens; classification: an encoder with a trained "
+                        "linear head over {\"text\", \"label\"} lines (default %(default)s)")
     g = p.add_argument_group("the intervention")
     g.add_argument("--layers", type=_layer_list, nargs="+", metavar="L",
                    help="0-based block indices, e.g. 8 or 4,8 (default: block round(f·n) of an "
@@ -185,8 +187,11 @@ def _add_train(sub) -> argparse.ArgumentParser:
                    help="edited prompt tokens: f<p>+l<s>, f<p> or l<s> (default %(default)s)")
     g.add_argument("--tied", action="store_true", help="one intervention for prefix and suffix positions")
     g.add_argument("--intervention", choices=tuple(INTERVENTIONS), default=reft_default["intervention"],
-                   help="(default %(default)s)")
-    g.add_argument("--init", choices=INITS, default=reft_default["init"], help="(default %(default)s)")
+                   help="the edit: loreft h + Rᵀ(Wh + b − Rh) with orthonormal R, direft h + W2ᵀ(W1h + b), "
+                        "or the rest of the family (default %(default)s)")
+    g.add_argument("--init", choices=INITS, default=reft_default["init"],
+                   help="paper: W and b drawn as nn.Linear's; identity: W = R, b = 0, so training starts "
+                        "from the base model exactly (default %(default)s)")
     g.add_argument("--dropout", type=float, default=reft_default["dropout"],
                    help="dropout on the edit (default %(default)s)")
     g.add_argument("--component", choices=COMPONENTS, default=reft_default["component"],
@@ -197,18 +202,23 @@ def _add_train(sub) -> argparse.ArgumentParser:
                    help="passes over the data (default: enough for at least --min-steps optimizer steps)")
     g.add_argument("--min-steps", type=int, default=TRAIN.min_steps,
                    help="the fewest optimizer steps when --epochs is not given (default %(default)s)")
-    g.add_argument("--batch-size", type=int, default=TRAIN.batch_size, help="(default %(default)s)")
+    g.add_argument("--batch-size", type=int, default=TRAIN.batch_size,
+                   help="examples per micro-batch; under torchrun the global one, split across the "
+                        "processes (default %(default)s)")
     g.add_argument("--grad-accum", type=int, default=TRAIN.grad_accum,
                    help="micro-batches per optimizer step (default %(default)s)")
     g.add_argument("--lr", type=float, default=TRAIN.lr,
                    help="peak learning rate, after a linear warmup, before a linear decay (default %(default)s)")
     g.add_argument("--weight-decay", type=float, default=TRAIN.weight_decay,
                    help="on W, b (never on R) (default %(default)s)")
-    g.add_argument("--warmup-ratio", type=float, default=TRAIN.warmup_ratio, help="(default %(default)s)")
+    g.add_argument("--warmup-ratio", type=float, default=TRAIN.warmup_ratio,
+                   help="the fraction of the steps over which the learning rate rises linearly to --lr "
+                        "(default %(default)s)")
     g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     g.add_argument("--max-length", type=int, default=TRAIN.max_length,
                    help="tokens per example (default %(default)s)")
-    g.add_argument("--seed", type=int, default=TRAIN.seed, help="(default %(default)s)")
+    g.add_argument("--seed", type=int, default=TRAIN.seed,
+                   help="seeds the intervention's init, the data order and dropout (default %(default)s)")
     g.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=TRAIN.chat_template,
                    help="wrap each prompt in the tokenizer's chat template (one user turn); default: on "
                         "when the tokenizer has one (language-model tasks); the adapter records it, so "
@@ -445,12 +455,18 @@ def _add_demo(sub) -> argparse.ArgumentParser:
     p.add_argument("--n-eval", type=int, default=DEFAULTS["n_eval"], help="held-out reviews (default %(default)s)")
     p.add_argument("--layers", type=_layer_list, default=list(DEFAULTS["layers"]), metavar="L",
                    help=f"0-based blocks, e.g. 14,20 (default {','.join(map(str, DEFAULTS['layers']))})")
-    p.add_argument("--rank", type=int, default=DEFAULTS["rank"], help="(default %(default)s)")
-    p.add_argument("--positions", default=DEFAULTS["positions"], help="(default %(default)s)")
-    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="(default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="(default %(default)s)")
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="(default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rank", type=int, default=DEFAULTS["rank"],
+                   help="the LoReFT subspace rank r (default %(default)s)")
+    p.add_argument("--positions", default=DEFAULTS["positions"],
+                   help="edited prompt tokens: f<p>+l<s>, f<p> or l<s> (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"],
+                   help="passes over the training reviews (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"],
+                   help="reviews per optimizer step (default %(default)s)")
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"],
+                   help="peak learning rate, after a linear warmup (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the sample of reviews, the init and the data order (default %(default)s)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p

@@ -1,4 +1,4 @@
-"""scripts/numpy_toy.py: a LoReFT finetune in NumPy alone trains, and its hand-written backprop is right."""
+"""examples/numpy_walkthrough.py: a LoReFT finetune in NumPy alone trains, and its hand-written backprop is right."""
 
 from __future__ import annotations
 
@@ -9,23 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "numpy_toy.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "numpy_walkthrough.py"
 
 
 @pytest.fixture(scope="module")
 def toy():
-    spec = importlib.util.spec_from_file_location("numpy_toy", SCRIPT)
+    spec = importlib.util.spec_from_file_location("numpy_walkthrough", SCRIPT)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["numpy_toy"] = module
+    sys.modules["numpy_walkthrough"] = module
     spec.loader.exec_module(module)
     yield module
-    sys.modules.pop("numpy_toy", None)
+    sys.modules.pop("numpy_walkthrough", None)
 
 
 @pytest.mark.parametrize("retraction", ["polar", "qr"])
 def test_loss_falls_tenfold_and_R_stays_orthonormal(toy, retraction):
     result = toy.run(steps=300, seed=0, retraction=retraction)
-    print(f"\n  numpy_toy {retraction}: loss {result['initial_loss']:.3e} → {result['final_loss']:.3e} "
+    print(f"\n  numpy_walkthrough {retraction}: loss {result['initial_loss']:.3e} → {result['final_loss']:.3e} "
           f"({result['loss_ratio']:.1f}-fold), max|RRᵀ − I| {result['max_orthonormality_error']:.2e}")
     assert result["loss_ratio"] >= 10, f"loss fell only {result['loss_ratio']:.2f}-fold"
     assert result["max_orthonormality_error"] <= 1e-12

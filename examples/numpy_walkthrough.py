@@ -22,7 +22,7 @@ The model, for a prompt of n token ids (B prompts of the same length at a time):
 
     loss = ½ · mean over prompts of ‖y − target‖²
 
-Run:  python scripts/numpy_toy.py [--steps 300] [--seed 0] [--retraction polar|qr]
+Run:  python examples/numpy_walkthrough.py [--steps 300] [--seed 0] [--retraction polar|qr]
 """
 
 from __future__ import annotations

@@ -182,3 +182,112 @@ def _check_params(config: ReftConfig, params: dict, kinds: dict):
                              f"got {got}")
         ordered[group] = [p[name] for name in math.PARAMS]
     return math, ordered
+
+
+# ---------------------------------------------------------------- the packed edit
+
+
+def packed_edit(h, positions, prompt_lengths, adapter_ids, adapters) -> np.ndarray:
+    """h'_i = Φ_{a_i, g}(h_i) if t_i < n_i and t_i ∈ group g's positions for a prompt of n_i
+    tokens under adapter a_i's config; h'_i = h_i otherwise (bit for bit).
+
+    The engine form of `edit`: a batch as one flat run of T tokens, no padding, each token
+    carrying its position t_i in its sequence (counted from the prompt's first token), its
+    sequence's prompt length n_i and its sequence's adapter a_i (−1: none). Group g's
+    positions are `edited_positions`' for one row: (P, S) = intervention_positions(n_i, p, s,
+    config.position_rule); tied: "tied" edits P ∪ S; untied: "prefix" P, "suffix" S.
+    Decode tokens (t_i ≥ n_i) are never edited, and a prompt that arrives in chunks is edited
+    where it would be whole, since t_i counts from the prompt's start.
+
+    h: (T, d) float32/float64; positions, prompt_lengths, adapter_ids: (T,) ints;
+    adapters: a sequence of A entries, entry a being (ReftConfig, params) with params
+    {group: {param: array}} of the one layer h comes from (as `edit` takes), or None where
+    adapter a does not edit this layer. Returns a new (T, d) array of h's dtype.
+
+    Rounding: Φ is applied to one block per (run, group): a run is a maximal stretch of
+    tokens continuing one sequence (t_{i+1} = t_i + 1, same n and adapter), and the block its
+    group-g tokens in order, as `edit` applies Φ to a row's block. A whole sequence is one
+    run, so the result equals `edit` of the padded sequences bit for bit; a prompt split in
+    chunks applies Φ to smaller blocks, equal to within BLAS's summation order.
+    """
+    h = _check_packed_h(h)
+    t, n, a = _check_token_ints(len(h), positions=positions, prompt_lengths=prompt_lengths,
+                                adapter_ids=adapter_ids)
+    plans = [_adapter_plan(k, entry) for k, entry in enumerate(_check_adapters(adapters, a))]
+    out = h.copy()
+    for start, stop in _runs(t, n, a):
+        if a[start] < 0 or plans[a[start]] is None:
+            continue  # the bare model, or an adapter that does not edit this layer
+        config, math, params = plans[a[start]]
+        for group, chosen in packed_groups(t[start:stop], int(n[start]), config).items():
+            rows = start + np.flatnonzero(chosen)  # (K,) the run's group-g tokens, in order
+            if rows.size:
+                args = params[group]
+                out[rows] = math.forward(h[rows].astype(args[0].dtype), *args).astype(h.dtype)
+    return out
+
+
+def packed_groups(positions, n: int, config: ReftConfig) -> dict[str, np.ndarray]:
+    """{group: (K,) bool}: which of one sequence's positions (K,) group g edits in a prompt
+    of n tokens (positions ≥ n, decode tokens, are never edited)."""
+    prefix, suffix = config.prefix_suffix
+    pre, suf = intervention_positions(n, prefix, suffix, rule=config.position_rule)
+    sets = {"tied": pre + suf, "prefix": pre, "suffix": suf}
+    return {g: np.isin(positions, sets[g]) for g in config.groups}
+
+
+def _runs(t, n, a):
+    """[(start, stop)]: maximal stretches of tokens that continue one sequence."""
+    if len(t) == 0:
+        return []
+    breaks = (t[1:] != t[:-1] + 1) | (n[1:] != n[:-1]) | (a[1:] != a[:-1])  # (T − 1,)
+    edges = [0, *(np.flatnonzero(breaks) + 1).tolist(), len(t)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _adapter_plan(k: int, entry):
+    """(config, math, {group: [arrays]}) of adapters[k], or None."""
+    if entry is None:
+        return None
+    if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+        raise ValueError(f"adapters[{k}] must be a (ReftConfig, params) pair or None, got "
+                         f"{type(entry).__name__}")
+    config, params = entry
+    try:
+        math, ordered = _check_params(config, params, KINDS)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"adapters[{k}]: {exc}") from None
+    return config, math, ordered
+
+
+def _check_packed_h(h) -> np.ndarray:
+    if not isinstance(h, np.ndarray) or h.dtype not in (np.float32, np.float64) or h.ndim != 2:
+        raise ValueError(f"h must be a (tokens, hidden) float32/float64 numpy array, got "
+                         f"{type(h).__name__} {getattr(h, 'dtype', '')} {getattr(h, 'shape', '')}")
+    return h
+
+
+def _check_token_ints(tokens: int, **arrays):
+    """Each array as (T,) int64; positions ≥ 0, prompt_lengths ≥ 1, adapter_ids ≥ −1."""
+    low = {"positions": 0, "prompt_lengths": 1, "adapter_ids": -1}
+    out = []
+    for name, value in arrays.items():
+        x = np.asarray(value)
+        if x.shape != (tokens,) or (x.size and x.dtype.kind not in "iu"):
+            raise ValueError(f"{name} must be an integer array of shape ({tokens},) (one per token "
+                             f"of h), got dtype {x.dtype} and shape {x.shape}")
+        x = x.astype(np.int64)
+        bad = np.flatnonzero(x < low[name])
+        if bad.size:
+            raise ValueError(f"token {bad[0]} has {name} {x[bad[0]]}; it must be >= {low[name]}"
+                             + (" (-1: no adapter)" if name == "adapter_ids" else ""))
+        out.append(x)
+    return out
+
+
+def _check_adapters(adapters, a) -> list:
+    adapters = list(adapters)
+    if a.size and a.max() >= len(adapters):
+        i = int(np.argmax(a >= len(adapters)))
+        raise ValueError(f"token {i} has adapter_id {a[i]}, but only {len(adapters)} adapters were given")
+    return adapters

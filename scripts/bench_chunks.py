@@ -85,9 +85,9 @@ def main(argv=None) -> int:
     import torch
 
     from minireft import ReftConfig
-    from minireft.hf import training
     from minireft.hf.data import encode_examples, pad_id
     from minireft.hf.model import attach
+    from minireft.hf.modes import enter_train_mode
     from minireft.hf.recipe import TRAIN, default_layers
 
     torch.set_num_threads(args.threads)
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
                                       chat_template=True) for name in ("piqa", "constraints")}
     depth = model.config.num_hidden_layers
     reft = attach(model, ReftConfig(layers=default_layers(depth)), seed=0)
-    training._enter_train_mode(reft)  # as train() runs: the edit trains, the base model stays in eval
+    enter_train_mode(reft)  # as train() runs: the edit trains, the base model stays in eval
     try:
         for name, encoded in sets.items():
             medians = measure(reft, encoded, n_steps=args.steps, rounds=args.rounds,

@@ -197,13 +197,13 @@ def peak_step_bytes(step, device) -> int | None:
 @contextlib.contextmanager
 def training_modes(reft, gradient_checkpointing: bool = False):
     """The modes train() runs in (interventions train, base eval; optional checkpointing)."""
-    from minireft.hf.training import _enter_train_mode, _restore_modes
+    from minireft.hf.modes import enter_train_mode, restore_modes
 
-    before = _enter_train_mode(reft, gradient_checkpointing)
+    before = enter_train_mode(reft, gradient_checkpointing)
     try:
         yield
     finally:
-        _restore_modes(before)
+        restore_modes(before)
 
 
 def bench_training(reft, batch, rounds: int, *, lr: float = 1e-3, checkpointing_memory: bool = False) -> dict:

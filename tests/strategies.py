@@ -287,6 +287,71 @@ def edit_cases(draw, dtype=None, max_rows: int = 4, max_tokens: int = 12,
                     np.dtype(dtype) if dtype is not None else draw(dtypes), draw(seeds))
 
 
+@dataclass(frozen=True)
+class PackedCase:
+    """Sequences for the packed edit: sequence j has counts[j] tokens (its prompt the first
+    prompts[j], the rest generated) and adapter adapter_ids[j] (−1: none) among `configs`;
+    h of each sequence is drawn once, so the packed and the padded forms see the same rows."""
+
+    counts: tuple[int, ...]
+    prompts: tuple[int, ...]
+    adapter_ids: tuple[int, ...]
+    configs: tuple[ReftConfig, ...]
+    d: int
+    dtype: np.dtype
+    seed: int
+
+    def rng(self, stream: int = 0) -> np.random.Generator:
+        return np.random.default_rng([self.seed, stream])
+
+    def hs(self) -> list[np.ndarray]:
+        """[(counts[j], d)]: each sequence's hidden states ~ N(0, 1)."""
+        rng = self.rng(1)
+        return [rng.standard_normal((c, self.d)).astype(self.dtype) for c in self.counts]
+
+    def adapters(self) -> list:
+        """[(config, {group: {param: array}})], one parameter set per adapter and group."""
+        rng = self.rng(3)
+        return [(c, {g: FAMILY[c.intervention].init(self.d, c.rank, rng, dtype=self.dtype)
+                     for g in c.groups}) for c in self.configs]
+
+    def tokens(self, order=None, chunks=None):
+        """(rows, positions, prompt_lengths, adapter_ids) of the flat run: each sequence's
+        tokens in `order` (default 0..S−1), sequence j cut at chunks[j] (a sorted list of
+        positions) and the pieces of all sequences interleaved round-robin, as an engine's
+        chunked prefill schedules them; rows[i] = (sequence, position) of token i."""
+        order = range(len(self.counts)) if order is None else order
+        pieces = []
+        for j in order:
+            cuts = [0, *(chunks[j] if chunks else []), self.counts[j]]
+            pieces.append([(j, lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:]) if hi > lo])
+        rows = [(j, t) for k in range(max(map(len, pieces), default=0))
+                for piece in pieces if k < len(piece)
+                for j, lo, hi in [piece[k]] for t in range(lo, hi)]
+        t = np.array([t for _, t in rows], dtype=np.int64)  # (T,)
+        n = np.array([self.prompts[j] for j, _ in rows], dtype=np.int64)  # (T,)
+        a = np.array([self.adapter_ids[j] for j, _ in rows], dtype=np.int64)  # (T,)
+        return rows, t, n, a
+
+
+@st.composite
+def packed_cases(draw, dtype=None, max_seqs: int = 5, max_tokens: int = 12, max_adapters: int = 3,
+                 interventions=("loreft", "direft")) -> PackedCase:
+    """1..max_seqs sequences of 1..max_tokens tokens, prompts of 1..all of them, 1..max_adapters
+    adapters (any positions, tied or not, either rule, r <= d <= 16) and sequences without one."""
+    counts = tuple(draw(st.lists(st.integers(1, max_tokens), min_size=1, max_size=max_seqs)))
+    prompts = tuple(draw(st.integers(1, c)) for c in counts)
+    r_max, d = draw(rank_dims(16))
+    configs = tuple(
+        ReftConfig(layers=(0,), rank=draw(st.integers(1, r_max)), positions=draw(position_strings())[0],
+                   tied=draw(st.booleans()), intervention=draw(st.sampled_from(interventions)),
+                   position_rule=draw(st.sampled_from(("paper", "pyreft"))))
+        for _ in range(draw(st.integers(1, max_adapters))))
+    ids = tuple(draw(st.integers(-1, len(configs) - 1)) for _ in counts)
+    return PackedCase(counts, prompts, ids, configs, d,
+                      np.dtype(dtype) if dtype is not None else draw(dtypes), draw(seeds))
+
+
 # ---------------------------------------------------------------- edge examples
 
 # Always run, in addition to what hypothesis draws: the smallest sizes, full rank,

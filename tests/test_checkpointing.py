@@ -19,6 +19,7 @@ from tiny_models import build
 from minireft.hf import training
 from minireft.hf.data import collate, encode_examples
 from minireft.hf.loss import loss_sum
+from minireft.hf.modes import enter_train_mode, restore_modes
 
 pytestmark = [pytest.mark.filterwarnings("ignore:this run takes:UserWarning"),
               pytest.mark.usefixtures("one_thread")]  # tests/conftest.py
@@ -35,14 +36,14 @@ def _gradients(model, *, checkpointing: bool, dropout: float = 0.0) -> tuple[dic
     attention_calls = []
     handle = model.model.layers[1].self_attn.register_forward_hook(lambda *a: attention_calls.append(1))
     batch = collate(encode_examples(tiny_tokenizer(), EXAMPLES), 0, padding_side="left")
-    modes = training._enter_train_mode(r, checkpointing)
+    modes = enter_train_mode(r, checkpointing)
     try:
         torch.manual_seed(0)  # the intervention dropout's draws
         loss, _ = loss_sum(r, batch, "lm")
         loss.backward()
         grads = {n: p.grad.detach().clone() for n, p in r.named_trainable_parameters()}
     finally:
-        training._restore_modes(modes)
+        restore_modes(modes)
         handle.remove()
         r.detach()
     return grads, len(attention_calls)
@@ -87,7 +88,7 @@ def _hooks_inside_gradients(context) -> tuple[dict, int]:
     for i in range(len(layers)):
         layers[i] = _CheckpointedCall(layers[i], context(r))
     batch = collate(encode_examples(tiny_tokenizer(), EXAMPLES), 0, padding_side="left")
-    modes = training._enter_train_mode(r)
+    modes = enter_train_mode(r)
     try:
         r._num_edits = 0
         loss, _ = loss_sum(r, batch, "lm")
@@ -96,7 +97,7 @@ def _hooks_inside_gradients(context) -> tuple[dict, int]:
         assert edits_forward == 3
         return {n: p.grad.detach().clone() for n, p in r.named_trainable_parameters()}, r._num_edits
     finally:
-        training._restore_modes(modes)
+        restore_modes(modes)
 
 
 def test_a_recomputed_hook_edits_as_in_the_first_pass():

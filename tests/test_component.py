@@ -216,9 +216,9 @@ def test_checkpointing_gives_the_same_gradients(component):
     from test_checkpointing import EXAMPLES, _max_relative
     from test_train import tiny_tokenizer
 
-    from minireft.hf import training
-    from minireft.hf.loss import loss_sum
     from minireft.hf.data import collate, encode_examples
+    from minireft.hf.loss import loss_sum
+    from minireft.hf.modes import enter_train_mode, restore_modes
 
     model, _ = tiny.build("llama")
     batch = collate(encode_examples(tiny_tokenizer(), EXAMPLES), 0, padding_side="left")
@@ -229,14 +229,14 @@ def test_checkpointing_gives_the_same_gradients(component):
         # A pre-hook: torch's recompute stops early once the last saved tensor it needs (here the
         # edit's own) is rebuilt, so hooks after ours on the same module may not run again.
         handle = _module(model, 1, component).register_forward_pre_hook(lambda *a, seen=seen: seen.append(1))
-        modes = training._enter_train_mode(reft, checkpointing)
+        modes = enter_train_mode(reft, checkpointing)
         try:
             reft._num_edits = 0
             loss, _ = loss_sum(reft, batch, "lm")
             loss.backward()
             grads[checkpointing] = {n: p.grad.clone() for n, p in reft.named_trainable_parameters()}
         finally:
-            training._restore_modes(modes)
+            restore_modes(modes)
             handle.remove()
             reft.detach()
         calls[checkpointing] = (len(seen), reft._num_edits)

@@ -181,18 +181,18 @@ def test_mixed_batch_gradients_reach_the_active_adapter_only():
 
 
 def test_mixed_batch_gradients_with_checkpointing_equal_without():
-    from minireft.hf import training
+    from minireft.hf.modes import enter_train_mode, restore_modes
 
     ids, mask = tiny.random_ids(LENGTHS, side="left", seed=15)
     grads = []
     for checkpointing in (False, True):
         reft = _mixed()
-        modes = training._enter_train_mode(reft, checkpointing)
+        modes = enter_train_mode(reft, checkpointing)
         try:
             reft(input_ids=ids, attention_mask=mask, adapter_names=NAMES,
                  use_cache=False).logits.float().square().mean().backward()
         finally:
-            training._restore_modes(modes)
+            restore_modes(modes)
         grads.append({n: p.grad.clone() for n, p in reft.named_trainable_parameters()})
     for name, plain in grads[0].items():
         err = ((grads[1][name] - plain).abs().max() / plain.abs().max()).item()

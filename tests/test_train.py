@@ -22,7 +22,8 @@ from minireft.hf.classify import ReftClassifier
 from minireft.hf.data import IGNORE_INDEX, collate, encode_example, encode_examples
 from minireft.hf.generation import generate_text
 from minireft.hf.loss import lm_loss_sum, loss_sum
-from minireft.hf.training import evaluate, linear_schedule, train
+from minireft.hf.evaluation import mean_loss
+from minireft.hf.training import linear_schedule, train
 from minireft.hf import attach
 
 CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }} {% endfor %}"
@@ -296,8 +297,8 @@ def test_default_prompt_format_is_the_chat_template_when_the_tokenizer_has_one()
         result = train(model, tok, PAIRS, max_steps=1, batch_size=len(PAIRS), **QUIET)
         assert model.prompt_format.chat_template is chat
         fresh = reft(tiny_llama(), rank=2, positions="f1+l1")  # the same init: step 0's loss
-        want = evaluate(fresh, tok, PAIRS, chat_template=chat)["loss"]
-        other = evaluate(fresh, tok, PAIRS, chat_template=not chat)["loss"] if tok.chat_template else None
+        want = mean_loss(fresh, tok, PAIRS, chat_template=chat)["loss"]
+        other = mean_loss(fresh, tok, PAIRS, chat_template=not chat)["loss"] if tok.chat_template else None
         fresh.detach()
         assert result.losses[0] == pytest.approx(want, rel=1e-5)
         assert other is None or other != pytest.approx(want, rel=1e-3)
@@ -512,9 +513,9 @@ def test_unfrozen_base_is_refused():
 def test_loss_decreases_on_memorisable_task():
     tok = tiny_tokenizer()
     model = reft(tiny_llama(), layers=(0, 1), rank=4, positions="f2+l2")
-    first = evaluate(model, tok, PAIRS)["loss"]
+    first = mean_loss(model, tok, PAIRS)["loss"]
     result = train(model, tok, PAIRS, epochs=30, batch_size=4, lr=5e-2, **QUIET)
-    last = evaluate(model, tok, PAIRS)["loss"]
+    last = mean_loss(model, tok, PAIRS)["loss"]
     assert last < 0.3 * first, f"held-in loss went {first:.3f} → {last:.3f}; losses {result.losses[::6]}"
     got = [generate_text(model, tok, ex["prompt"], max_new_tokens=3) for ex in PAIRS]
     assert got == [ex["completion"] for ex in PAIRS], got
@@ -527,7 +528,7 @@ def test_left_and_right_padding_agree():
     runs = {}
     for side in ("right", "left"):
         model = reft(tiny_llama(dtype=torch.float64), dtype="float64")
-        before = evaluate(model, tok, examples, padding_side=side)["loss"]
+        before = mean_loss(model, tok, examples, padding_side=side)["loss"]
         train(model, tok, examples, epochs=3, batch_size=2, lr=1e-2, padding_side=side, **QUIET)
         runs[side] = (before, params_of(model))
     assert abs(runs["right"][0] - runs["left"][0]) < 1e-12, (runs["right"][0], runs["left"][0])
@@ -536,15 +537,15 @@ def test_left_and_right_padding_agree():
         assert err < 1e-9, f"{name}: right vs left padding differ by {err:.3e}"
 
 
-def test_evaluate_batches_by_length_and_matches_one_row_at_a_time():
-    """evaluate() runs rows longest first; the loss is the same token-weighted sum as row by row."""
+def test_mean_loss_batches_by_length_and_matches_one_row_at_a_time():
+    """mean_loss() runs rows longest first; the loss is the same token-weighted sum as row by row."""
     tok = tiny_tokenizer()
     examples = [{"prompt": "a", "completion": "bcdefghij"}, {"prompt": "ghijkl", "completion": "m"},
                 {"prompt": "no", "completion": "pq"}, {"prompt": "rstuvwxyz ab", "completion": "cd"},
                 {"prompt": "e", "completion": "f"}]
     model = reft(tiny_llama(dtype=torch.float64), dtype="float64")
-    whole = evaluate(model, tok, examples, batch_size=2)
-    rows = [evaluate(model, tok, [ex], batch_size=1) for ex in examples]
+    whole = mean_loss(model, tok, examples, batch_size=2)
+    rows = [mean_loss(model, tok, [ex], batch_size=1) for ex in examples]
     want = sum(r["loss"] * r["targets"] for r in rows) / sum(r["targets"] for r in rows)
     assert whole["targets"] == sum(r["targets"] for r in rows)
     assert abs(whole["loss"] - want) < 1e-12, (whole["loss"], want)
@@ -694,7 +695,7 @@ def test_classification_on_tiny_bert(tmp_path):
     # (the paper's [CLS] head relies on pretraining); the mean of the edited tokens carries the 'b'.
     clf = ReftClassifier(reft(base, layers=(0, 1), rank=4, positions="f3+l3"), num_labels=2, pooling="mean")
     train_set, held_out = _toy_classification(64, 0), _toy_classification(32, 1)
-    chance = evaluate(clf, tok, held_out)["accuracy"]
+    chance = mean_loss(clf, tok, held_out)["accuracy"]
     result = train(clf, tok, train_set, eval_examples=held_out, epochs=12, batch_size=16, lr=2e-2, **QUIET)
     accuracy = result.evals[-1]["accuracy"]
     assert accuracy >= 0.85, f"held-out accuracy {chance:.2f} → {accuracy:.2f}; evals {result.evals}"

@@ -45,7 +45,8 @@ def _transposed_vjp(h, R, W, b, dout):
 TRANSPOSED_R = types.SimpleNamespace(
     loreft=types.SimpleNamespace(forward=_transposed_forward, vjp=_transposed_vjp),
     direft=minireft.direft, stiefel=minireft.stiefel, optim=minireft.optim,
-    positions=minireft.positions, edit=minireft.edit, edit_vjp=minireft.edit_vjp, **FAMILY)
+    positions=minireft.positions, edit=minireft.edit, edit_vjp=minireft.edit_vjp,
+    packed_edit=minireft.packed_edit, **FAMILY)
 
 # ---------------------------------------------------------------- sign of dR
 
@@ -58,7 +59,8 @@ def _flipped_vjp(h, R, W, b, dout):
 FLIPPED_DR = types.SimpleNamespace(
     loreft=types.SimpleNamespace(forward=minireft.loreft.forward, vjp=_flipped_vjp),
     direft=minireft.direft, stiefel=minireft.stiefel, optim=minireft.optim,
-    positions=minireft.positions, edit=minireft.edit, edit_vjp=minireft.edit_vjp, **FAMILY)
+    positions=minireft.positions, edit=minireft.edit, edit_vjp=minireft.edit_vjp,
+    packed_edit=minireft.packed_edit, **FAMILY)
 
 # ---------------------------------------------------------------- QR without the sign fix
 
@@ -88,7 +90,7 @@ def _riemannian_adam_step(R, grad, state, *, lr, betas=(0.9, 0.999), eps=1e-8, r
 
 UNSIGNED_QR = types.SimpleNamespace(
     loreft=minireft.loreft, direft=minireft.direft, positions=minireft.positions, **FAMILY,
-    edit=minireft.edit, edit_vjp=minireft.edit_vjp,
+    edit=minireft.edit, edit_vjp=minireft.edit_vjp, packed_edit=minireft.packed_edit,
     stiefel=types.SimpleNamespace(
         project_tangent=stiefel.project_tangent, retract_polar=stiefel.retract_polar,
         retract_qr=_unsigned_retract_qr, orthonormality_error=stiefel.orthonormality_error),

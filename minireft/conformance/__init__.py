@@ -15,6 +15,8 @@ A backend is a module, or any object, exposing the contract's functional names:
     positions.intervention_positions(n, prefix, suffix, rule="paper") -> (list, list)   rule: "pyreft" too
     edit(h, attention_mask, prompt_lengths, config, params) -> h'          (B, L, d), the in-model edit
     edit_vjp(h, attention_mask, prompt_lengths, config, params, dout) -> (dh, {group: {param: grad}})
+    packed_edit(h, positions, prompt_lengths, adapter_ids, [(config, params) or None]) -> h'
+                                             (T, d), the edit on an engine's flat batch
 
 `minireft` (the NumPy spec) is one; `minireft.torch` is another. Arrays cross the
 boundary through an adapter (see `resolve_adapter`): `to_backend(np_array)` makes

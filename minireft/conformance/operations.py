@@ -22,26 +22,6 @@ def _fn(backend, dotted: str):
     return obj
 
 
-def _loreft_forward(be, x, kw, put, get):
-    out = _fn(be, "loreft.forward")(*(put(x[k]) for k in ("h", "R", "W", "b")))
-    return {"out": get(out)}
-
-
-def _loreft_vjp(be, x, kw, put, get):
-    res = _fn(be, "loreft.vjp")(*(put(x[k]) for k in ("h", "R", "W", "b", "dout")))
-    return {k: get(v) for k, v in zip(("dh", "dR", "dW", "db"), _n_tuple(res, 4, "loreft.vjp"))}
-
-
-def _direft_forward(be, x, kw, put, get):
-    out = _fn(be, "direft.forward")(*(put(x[k]) for k in ("h", "W1", "W2", "b")))
-    return {"out": get(out)}
-
-
-def _direft_vjp(be, x, kw, put, get):
-    res = _fn(be, "direft.vjp")(*(put(x[k]) for k in ("h", "W1", "W2", "b", "dout")))
-    return {k: get(v) for k, v in zip(("dh", "dW1", "dW2", "db"), _n_tuple(res, 4, "direft.vjp"))}
-
-
 def _intervention(kind: str, params: tuple[str, ...]):
     """(forward runner, vjp runner) for an intervention whose call is kind.forward(h, *params)
     and kind.vjp(h, *params, dout) -> (dh, d-params in the same order)."""
@@ -57,9 +37,9 @@ def _intervention(kind: str, params: tuple[str, ...]):
     return forward, vjp
 
 
-# The rest of the family (SPEC §3a): the calls as LoReFT's, with each kind's parameters.
-FAMILY = {"noreft": ("W1", "W2", "b"), "consreft": ("R", "b"), "lobireft": ("R", "b"),
-          "ortho_direft": ("R", "W", "b")}
+# Every intervention (SPEC §2, §3, §3a) is called the same way, with its own parameters.
+INTERVENTIONS = {"loreft": ("R", "W", "b"), "direft": ("W1", "W2", "b"), "noreft": ("W1", "W2", "b"),
+                 "consreft": ("R", "b"), "lobireft": ("R", "b"), "ortho_direft": ("R", "W", "b")}
 
 
 def _stiefel(name, second):
@@ -139,6 +119,18 @@ def _edit_vjp(be, x, kw, put, get):
     return {"dh": get(dh), **{f"grad.{g}.{p}": get(grads[g][p]) for g in params for p in params[g]}}
 
 
+def _packed_edit(be, x, kw, put, get):
+    """packed_edit(h, positions, prompt_lengths, adapter_ids, adapters): adapter k's parameters
+    are the inputs named "a{k}.{group}.{param}"; kwargs["configs"][k] None: k edits no token here."""
+    adapters = []
+    for k, data in enumerate(kw["configs"]):
+        config = None if data is None else ReftConfig.from_dict(data)
+        adapters.append(None if config is None else (config, {
+            g: {p: put(x[f"a{k}.{g}.{p}"]) for p in config.param_names} for g in config.groups}))
+    args = (put(x[k]) for k in ("h", "positions", "prompt_lengths", "adapter_ids"))
+    return {"out": get(_fn(be, "packed_edit")(*args, adapters))}
+
+
 def _n_tuple(res, n, what):
     if not isinstance(res, (tuple, list)) or len(res) != n:
         raise TypeError(f"{what} must return {n} values, got {type(res).__name__}")
@@ -147,12 +139,8 @@ def _n_tuple(res, n, what):
 
 # operation name -> (runner, tolerance kind)
 OPERATIONS = {
-    "loreft.forward": (_loreft_forward, "value"),
-    "loreft.vjp": (_loreft_vjp, "gradient"),
-    "direft.forward": (_direft_forward, "value"),
-    "direft.vjp": (_direft_vjp, "gradient"),
     **{f"{kind}.{op}": (runner, tol)
-       for kind, params in FAMILY.items()
+       for kind, params in INTERVENTIONS.items()
        for op, runner, tol in zip(("forward", "vjp"), _intervention(kind, params), ("value", "gradient"))},
     "stiefel.project_tangent": (_stiefel("project_tangent", "G"), "value"),
     "stiefel.retract_polar": (_stiefel("retract_polar", "xi"), "retraction"),
@@ -163,6 +151,7 @@ OPERATIONS = {
     "positions.intervention_positions_table": (_positions_table, "exact"),
     "edit": (_edit, "value"),
     "edit_vjp": (_edit_vjp, "gradient"),
+    "packed_edit": (_packed_edit, "value"),
 }
 
 

@@ -7,11 +7,12 @@
     edit_plan   routing edit plans to rows: several adapters in one batch, generate()'s repeats
     data        examples -> token ids and labels; batches
     recipe      train()'s defaults, in one place the CLI reads without torch
-    training    train(), evaluate(): staged saving, nothing lost on failure
+    training    train(): the loop, staged saving, nothing lost on failure
     loss        a batch's summed loss: logits at the target columns only (train, Trainer, eval)
     trainer     ReftTrainer: transformers.Trainer with ReftOptimizer and adapter-only checkpoints
     distributed all-reduce of the adapter's gradients across torch.distributed ranks
-    evaluation  held-out loss, exact match of greedy generations, choice accuracy
+    evaluation  evaluate(): held-out loss (mean_loss), exact match of greedy generations,
+                choice accuracy
     generation  generate_text()
     classify    ReftClassifier: an encoder ReftModel plus a linear head
     loading     load_model(): a local folder, a GGUF file, a cached hub name, or 'smollm2'
@@ -31,7 +32,7 @@ _LAZY = {
     "attach": "minireft.hf.model",
     "ReftModel": "minireft.hf.model",
     "train": "minireft.hf.training",
-    "evaluate": "minireft.hf.training",
+    "evaluate": "minireft.hf.evaluation",
     "generate_text": "minireft.hf.generation",
     "ReftClassifier": "minireft.hf.classify",
     "load_model": "minireft.hf.loading",

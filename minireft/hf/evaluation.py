@@ -33,9 +33,10 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from minireft.hf.data import IGNORE_INDEX, batches_by_length, collate, encode_example, encode_prompt, pad_id
+from minireft.hf.data import IGNORE_INDEX, batches_by_length, collate, encode_examples, encode_prompt, pad_id
 from minireft.hf.prompt_format import resolve_chat_template
-from minireft.hf.loss import is_reft_model, lm_loss_sum, model_device, target_logits
+from minireft.hf.loss import count_targets, infer_task, is_reft_model, loss_sum, model_device, target_logits
+from minireft.hf.modes import eval_mode
 
 EXTRA_NEW_TOKENS = 8  # generation budget beyond the longest reference completion
 
@@ -74,24 +75,36 @@ def _check_batch_size(batch_size) -> None:
 
 
 @torch.no_grad()
-def mean_loss(model, tokenizer, examples: Sequence[dict], *, chat_template: bool | None = None,
-              batch_size: int = 8, max_length: int = 512, progress: bool = False) -> dict:
-    """{"loss": mean token loss over every completion token, "targets": N} (see module doc)."""
+def mean_loss(model, tokenizer=None, examples: Sequence[dict] | None = None, *, encoded=None,
+              task: str | None = None, chat_template: bool | None = None, batch_size: int = 8,
+              max_length: int = 512, padding_side: str = "right", progress: bool = False) -> dict:
+    """{"loss": (1 / N) Σ_i −log p(y_i | x_<i), "targets": N} over the N targets of every row:
+    completion tokens (and EOS) for "lm"; rows for "classification", with "accuracy" too.
+
+    model: a ReftModel or a bare causal LM ("lm"), or a ReftClassifier ("classification");
+    task defaults to what the model is. Pass raw `examples` (with `tokenizer`; tokenised as in
+    training) or `encoded` (minireft.hf.data.encode_examples rows). Runs in eval mode (every
+    module's mode comes back after), in batches of similar length, padded on `padding_side`:
+    the sums do not depend on the batching, and each batch is minireft.hf.loss.loss_sum."""
     _check_batch_size(batch_size)
-    chat_template = _chat(model, chat_template)
-    encoded = [encode_example(tokenizer, ex, i, chat_template=chat_template, max_length=max_length)
-               for i, ex in enumerate(examples)]
-    pad, device = pad_id(tokenizer), model_device(model)
-    total, count = 0.0, 0
-    with _bar(len(encoded), "loss", progress) as bar:
+    task = infer_task(model, task)
+    if encoded is None:
+        chat = task == "lm" and _chat(getattr(model, "reft_model", model), chat_template)
+        encoded = encode_examples(tokenizer, examples, task=task, chat_template=chat, max_length=max_length)
+    pad = pad_id(tokenizer) if tokenizer is not None else 0
+    total, count, correct = 0.0, 0, 0
+    with eval_mode(model), _bar(len(encoded), "loss", progress) as bar:
         for rows in batches_by_length([len(e["input_ids"]) for e in encoded], batch_size):
-            chunk = [encoded[i] for i in rows]
-            batch = {k: v.to(device) for k, v in collate(chunk, pad).items()}
-            loss, n = lm_loss_sum(*_forward_logits(model, batch))
+            batch = collate([encoded[i] for i in rows], pad, padding_side=padding_side)
+            loss, extra = loss_sum(model, batch, task)
             total += float(loss)
-            count += n
-            bar.update(len(chunk))
-    return {"loss": total / max(1, count), "targets": count}
+            count += count_targets(batch, task)
+            correct += int(extra.get("correct", 0))
+            bar.update(len(rows))
+    result = {"loss": total / max(1, count), "targets": count}
+    if task == "classification":
+        result["accuracy"] = correct / max(1, count)
+    return result
 
 
 # ---------------------------------------------------------------------------- generation

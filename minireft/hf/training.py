@@ -50,13 +50,11 @@ from tqdm.auto import tqdm
 
 from minireft import io
 from minireft.hf import distributed
-from minireft.hf.data import batches_by_length, collate, encode_examples, pad_id
-from minireft.hf.loss import base_model, count_targets, infer_task, loss_sum, model_device, targets_of
-from minireft.hf.prompt_format import (
-    prompt_format_of,
-    resolve_chat_template,
-    training_chat_template,
-)
+from minireft.hf.data import collate, encode_examples, pad_id
+from minireft.hf.evaluation import mean_loss
+from minireft.hf.loss import base_model, infer_task, loss_sum, model_device, targets_of
+from minireft.hf.modes import enter_train_mode, eval_mode, restore_modes
+from minireft.hf.prompt_format import prompt_format_of, training_chat_template
 from minireft.hf.recipe import FEW_STEPS, LOG_FILE, PLOT_FILE, TRAIN, schedule
 from minireft.torch.optim import ReftOptimizer
 
@@ -149,76 +147,6 @@ def step_groups(n: int, batch_size: int, grad_accum: int, generator: torch.Gener
     return groups
 
 
-# ---------------------------------------------------------------------------- modes
-
-
-def _enter_train_mode(model, gradient_checkpointing: bool = False) -> dict:
-    """Interventions (and head) in train mode, the base model in eval mode (its dropout off).
-    With gradient_checkpointing, ReftModel.gradient_checkpointing_enable(). Returns what
-    `_restore_modes` needs to put every submodule's mode (and checkpointing) back."""
-    reft_model = getattr(model, "reft_model", model)
-    was_on = any(getattr(m, "gradient_checkpointing", False) is True for m in base_model(model).modules())
-    if gradient_checkpointing:  # first: a model without checkpointing raises before any change
-        reft_model.gradient_checkpointing_enable()
-    before = {m: m.training for m in model.modules()}
-    model.train()
-    base_model(model).eval()
-    if gradient_checkpointing:
-        for module in base_model(model).modules():  # HF checkpoints a block in training mode only:
-            if getattr(module, "gradient_checkpointing", False) is True:  # the block's own flag,
-                module.training = True  # not its submodules' (their dropout stays off)
-        return before if was_on else {**before, _CHECKPOINTING: reft_model}
-    return before
-
-
-_CHECKPOINTING = "gradient_checkpointing"  # the _enter_train_mode record key of its ReftModel
-
-
-def _restore_modes(before: dict) -> None:
-    reft_model = before.pop(_CHECKPOINTING, None)
-    if reft_model is not None:
-        reft_model.gradient_checkpointing_disable()
-    for module, training in before.items():
-        module.training = training
-
-
-# ---------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def evaluate(model, tokenizer=None, examples=None, *, encoded=None, task: str | None = None,
-             batch_size: int = 8, chat_template: bool | None = None, max_length: int = 512,
-             padding_side: str = "right") -> dict:
-    """Mean loss over every target of the held-out examples (token-weighted for "lm"),
-    and accuracy for "classification". Pass raw `examples` (with `tokenizer`) or `encoded`.
-    chat_template=None: as the adapter's prompts were built (its prompt_format), else raw.
-    Rows run in batches of similar length (sums do not depend on the order)."""
-    task = infer_task(model, task)
-    if chat_template is None:
-        fmt = getattr(getattr(model, "reft_model", model), "prompt_format", None)
-        chat_template = task == "lm" and resolve_chat_template(fmt)
-    if encoded is None:
-        encoded = encode_examples(tokenizer, examples, task=task, chat_template=chat_template,
-                                  max_length=max_length)
-    pad = pad_id(tokenizer) if tokenizer is not None else 0
-    before = {m: m.training for m in model.modules()}
-    model.eval()
-    total, count, correct = 0.0, 0, 0
-    try:
-        for rows in batches_by_length([len(e["input_ids"]) for e in encoded], batch_size):
-            batch = collate([encoded[i] for i in rows], pad, padding_side=padding_side)
-            loss, extra = loss_sum(model, batch, task)
-            total += float(loss.detach())
-            count += count_targets(batch, task)
-            correct += int(extra.get("correct", 0))
-    finally:
-        _restore_modes(before)
-    result = {"loss": total / max(1, count), "targets": count}
-    if task == "classification":
-        result["accuracy"] = correct / max(1, count)
-    return result
-
-
 # ---------------------------------------------------------------------------- training
 
 
@@ -277,7 +205,7 @@ def _train_step(model, encoded, groups, task, pad, device, padding_side,
 def _run_eval(model, tokenizer, eval_encoded, eval_fn, task, batch_size, step, epoch) -> dict:
     record = {"step": step, "epoch": epoch}
     if eval_encoded is not None:
-        record |= evaluate(model, tokenizer, encoded=eval_encoded, task=task, batch_size=batch_size)
+        record |= mean_loss(model, tokenizer, encoded=eval_encoded, task=task, batch_size=batch_size)
     if eval_fn is not None:
         value = eval_fn(model)
         record |= value if isinstance(value, dict) else {"eval_fn": value}
@@ -397,7 +325,7 @@ def train(model, tokenizer, train_examples, *, eval_examples=None, task: str | N
         return {"settings": settings, **(log_info or {}), **result.to_dict(), "stopped": stopped}
 
     wants_eval = eval_encoded is not None or eval_fn is not None
-    before = _enter_train_mode(model, gradient_checkpointing)
+    before = enter_train_mode(model, gradient_checkpointing)
     start = time.perf_counter()
     try:
         if out is not None:
@@ -441,7 +369,7 @@ def train(model, tokenizer, train_examples, *, eval_examples=None, task: str | N
     finally:
         log.close()
         optimizer.zero_grad(set_to_none=True)
-        _restore_modes(before)
+        restore_modes(before)
         result.seconds = time.perf_counter() - start
     read_losses()
     if out is not None:
@@ -488,12 +416,8 @@ def _encode_all(model, tokenizer, train_examples, eval_examples, task, chat_temp
 
 def _evaluate_in_training(model, tokenizer, eval_encoded, eval_fn, task, batch_size, step, epoch):
     """An evaluation between steps, model in eval mode; the training modes come back after."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()  # eval_fn, too, sees the model without dropout
-    try:
+    with eval_mode(model):  # eval_fn, too, sees the model without dropout
         return _run_eval(model, tokenizer, eval_encoded, eval_fn, task, batch_size, step, epoch)
-    finally:
-        _restore_modes(modes)
 
 
 class _Log:

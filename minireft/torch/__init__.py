@@ -1,8 +1,8 @@
 """minireft.torch: the PyTorch mirror of the NumPy spec.
 
 `loreft`, `direft`, `noreft`, `consreft`, `lobireft`, `ortho_direft`, `stiefel`, `optim`,
-and `edit` / `edit_vjp` (the in-model edit) carry the spec's functions under the same
-names, on torch tensors; `Intervention` and `ReftOptimizer` are the modules built on them.
+`edit` / `edit_vjp` (the in-model edit) and `packed_edit` (an engine's flat batch) carry the
+spec's functions under the same names, on torch tensors; `Intervention` and `ReftOptimizer` are the modules built on them.
 The mirror names nothing above it: attach, ReftModel, train and load_model live in `minireft.hf`.
 """
 
@@ -13,7 +13,7 @@ import torch
 
 from minireft import positions
 from minireft.torch import consreft, direft, lobireft, loreft, noreft, optim, ortho_direft, stiefel
-from minireft.torch.edit import edit, edit_vjp  # the functions; the module is minireft.torch.edit
+from minireft.torch.edit import edit, edit_vjp, packed_edit  # the functions; the module is minireft.torch.edit
 from minireft.torch.modules import Intervention
 from minireft.torch.optim import ReftOptimizer
 
@@ -39,6 +39,7 @@ __all__ = [
     "loreft",
     "noreft",
     "optim",
+    "packed_edit",
     "ortho_direft",
     "positions",
     "stiefel",

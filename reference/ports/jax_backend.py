@@ -262,3 +262,27 @@ def edit_vjp(h, attention_mask, prompt_lengths, config, params, dout):
     where = _edited_columns(attention_mask, prompt_lengths, config)
     _, pullback = jax.vjp(lambda h, params: _apply(h, where, config.intervention, params), h, params)
     return pullback(dout)
+
+
+# ---------------------------------------------------------------- the packed edit (§11a)
+
+
+def packed_edit(h, positions, prompt_lengths, adapter_ids, adapters):
+    """h'_i = Φ_{a_i, g}(h_i) where adapter a_i's rule picks t_i < n_i for a prompt of n_i
+    tokens (SPEC.md §11a); h (T, d), positions / prompt_lengths / adapter_ids (T,), adapters a
+    list of (config, params) or None. Which tokens is decided in NumPy on concrete values, as
+    `_edited_columns` does; each (run, group)'s tokens are edited as one block."""
+    t, n, a = (np.asarray(x, dtype=np.int64) for x in (positions, prompt_lengths, adapter_ids))
+    breaks = np.flatnonzero((t[1:] != t[:-1] + 1) | (n[1:] != n[:-1]) | (a[1:] != a[:-1])) + 1
+    for start, stop in zip([0, *breaks.tolist()], [*breaks.tolist(), len(t)]):
+        if len(t) == 0 or a[start] < 0 or adapters[a[start]] is None:
+            continue
+        config, params = adapters[a[start]]
+        prefix, suffix = config.prefix_suffix
+        pre, suf = _intervention_positions(int(n[start]), prefix, suffix,
+                                           getattr(config, "position_rule", "paper"))
+        chosen = {"tied": pre + suf, "prefix": pre, "suffix": suf}
+        cols = {g: start + np.flatnonzero(np.isin(t[start:stop], chosen[g])) for g in config.groups}
+        where = {g: (np.zeros_like(c), c) for g, c in cols.items()}  # row 0 of the batch of one
+        h = _apply(h[None], where, config.intervention, params)[0]  # a batch of one row: (1, T, d)
+    return h

@@ -7,6 +7,7 @@
     LobiReFT Φ(h) = h + Rᵀ b,               R Rᵀ = I_r
     orthogonal DiReFT (ortho_direft)  Φ(h) = h + Rᵀ(W h + b),  R Rᵀ = I_r
     edit     H'[b, t] = Φ_g(H[b, t]) at the edited positions of row b, H[b, t] elsewhere
+    packed_edit  the same on T tokens in one flat run (an engine's batch), adapter per token
 
 `import minireft` needs NumPy and safetensors only and never imports torch; the
 PyTorch mirror lives in `minireft.torch`.
@@ -27,7 +28,7 @@ from minireft import (
 from minireft.config import ReftConfig
 
 # minireft.edit is the function (the module stays importable as `from minireft.edit import ...`)
-from minireft.edit import edit, edit_vjp
+from minireft.edit import edit, edit_vjp, packed_edit
 from minireft.version import SPEC_VERSION, __version__
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "loreft",
     "noreft",
     "optim",
+    "packed_edit",
     "ortho_direft",
     "positions",
     "stiefel",

@@ -500,6 +500,94 @@ def edit_cases():
               note="identity init W = R, b = 0: out = h exactly")
 
 
+# --------------------------------------------------------------------------- the packed edit
+
+
+def packed_case(name, *, adapters, d, counts, prompts, ids, chunks=None, first=None, note=""):
+    """One `packed_edit` case: sequence j (counts[j] tokens, prompt prompts[j], adapter ids[j])
+    as one flat run; chunks[j] lists where sequence j is cut, its pieces interleaved
+    round-robin with the others' (an engine's chunked prefill); first[j] is the position of
+    sequence j's first token here (0: the whole prompt is in this run). adapters: [(method, positions,
+    tied, r, rule) or None]. Unchunked, the spec's output must equal `edit` of the padded rows."""
+    configs = [None if a is None else minireft.ReftConfig(layers=(0,), rank=a[3], positions=a[1], tied=a[2],
+                                                           intervention=a[0], position_rule=a[4])
+               for a in adapters]
+    seed = seed_of(name)
+    rng = np.random.default_rng(seed)
+    hs = [rng.standard_normal((c, d)) for c in counts]  # each (counts[j], d)
+    pieces = [[(j, lo, hi) for lo, hi in zip([0, *cuts], [*cuts, counts[j]])]
+              for j, cuts in enumerate(chunks or [[] for _ in counts])]
+    rows = [(j, t) for k in range(max(map(len, pieces))) for piece in pieces if k < len(piece)
+            for j, lo, hi in [piece[k]] for t in range(lo, hi)]
+    first = first or [0] * len(counts)
+    inputs = {"h": np.stack([hs[j][t] for j, t in rows]),  # (T, d)
+              "positions": np.array([first[j] + t for j, t in rows], dtype=np.int64),
+              "prompt_lengths": np.array([prompts[j] for j, _ in rows], dtype=np.int64),
+              "adapter_ids": np.array([ids[j] for j, _ in rows], dtype=np.int64)}
+    for k, config in enumerate(configs):
+        for group in config.groups if config else ():
+            inputs.update({f"a{k}.{group}.{p}": v for p, v in PARAMS[config.intervention](rng, d, config.rank).items()})
+    seqs = "; ".join(f"sequence {j}: positions {f}..{f + c - 1}, prompt {p}, adapter {a}"
+                     + (f", cut at {chunks[j]}" if chunks and chunks[j] else "")
+                     for j, (c, p, a, f) in enumerate(zip(counts, prompts, ids, first)))
+    kinds = "; ".join(f"adapter {k}: " + ("edits no token of this layer" if c is None else
+                      f"{c.intervention} {c.positions} {'tied' if c.tied else 'untied'}, r={c.rank}"
+                      + ("" if c.position_rule == "paper" else f", rule {c.position_rule}"))
+                      for k, c in enumerate(configs))
+    description = (f"packed_edit(h, positions, prompt_lengths, adapter_ids, adapters): h (T, d) = "
+                   f"{list(inputs['h'].shape)}, one flat run; {kinds}; {seqs}; adapter -1: none"
+                   + (f"; {note}" if note else ""))
+    out = case(name, "packed_edit", inputs, kwargs={"configs": [c and c.to_dict() for c in configs]},
+               seed=seed, description=description)
+    if not any(first) and not chunks:
+        _assert_padded_equal(out["out"], rows, hs, prompts, ids, configs, inputs)
+    decode = inputs["positions"] >= inputs["prompt_lengths"]  # (T,)
+    assert np.array_equal(out["out"][decode], inputs["h"][decode]), f"{name}: a decode token was edited"
+
+
+def _assert_padded_equal(out, rows, hs, prompts, ids, configs, inputs):
+    """The packed output equals `edit` of each sequence alone (a padded batch of one), bit for bit."""
+    for j, h in enumerate(hs):
+        got = out[[i for i, (s, _) in enumerate(rows) if s == j]]
+        want, config = h, ids[j] >= 0 and configs[ids[j]]
+        if config:
+            params = {g: {p: inputs[f"a{ids[j]}.{g}.{p}"] for p in config.param_names} for g in config.groups}
+            want = minireft.edit(h[None], np.ones((1, len(h)), dtype=np.int64), np.array([prompts[j]]),
+                                 config, params)[0]
+        assert np.array_equal(got, want), f"sequence {j}"
+
+
+def packed_edit_cases():
+    loreft_untied = ("loreft", "f2+l3", False, 4, "paper")
+    direft_tied = ("direft", "f1+l2", True, 2, "paper")
+    mixed = dict(counts=(9, 3, 6, 1, 12, 5), prompts=(7, 3, 4, 1, 12, 2), ids=(0, 1, -1, 0, 1, 0))
+    packed_case("packed_edit_two_adapters_mixed", adapters=[loreft_untied, direft_tied], d=16, **mixed,
+                note="a whole prefill batch: prompts shorter than p + s, generated tokens after them "
+                     "(t >= n, never edited), a sequence without adapter; equals edit of each row")
+    packed_case("packed_edit_two_adapters_chunked", adapters=[loreft_untied, direft_tied], d=16,
+                **mixed, chunks=[[2, 5], [], [3], [], [1, 4, 10], [1]],
+                note="the same sequences cut in chunks and interleaved: the same tokens edited")
+    packed_case("packed_edit_one_token_prompts", adapters=[loreft_untied, direft_tied], d=16,
+                counts=(1, 1, 1), prompts=(1, 1, 1), ids=(0, 1, -1),
+                note="one token per sequence at t = 0 < n = 1: a 1-token prompt edits its token")
+    packed_case("packed_edit_decode_step", adapters=[loreft_untied, direft_tied], d=16,
+                counts=(1, 1, 1, 1), prompts=(5, 2, 9, 3), ids=(0, 1, 0, 1), first=(5, 3, 9, 7),
+                note="a decode step: one generated token per sequence (t >= n), none edited: out = h")
+    packed_case("packed_edit_last_chunk", adapters=[loreft_untied], d=16, counts=(4, 3), prompts=(9, 6),
+                ids=(0, 0), first=(5, 3),
+                note="the last chunk of two prompts (positions 5..8 of 9, 3..5 of 6): only their suffix edited")
+    packed_case("packed_edit_f7l7", adapters=[("loreft", "f7+l7", False, 4, "paper")], d=16,
+                counts=(16, 5, 20), prompts=(16, 5, 14), ids=(0, 0, 0),
+                note="the default positions: 5 < 7 + 7 edits 0..1 and 2..4")
+    packed_case("packed_edit_pyreft_rule_and_absent_layer",
+                adapters=[None, ("loreft", "f7+l7", False, 2, "pyreft"), ("direft", "l3", False, 2, "paper")],
+                d=8, counts=(1, 3, 10, 4, 2), prompts=(1, 3, 10, 4, 2), ids=(1, 1, 1, 0, 2),
+                note="adapter 0 edits no token of this layer; pyreft rule: n = 1 edits nothing, n = 3 [0] and [2]")
+    for method in ("noreft", "consreft", "lobireft", "ortho_direft"):
+        packed_case(f"packed_edit_{method}_tied_f1l2", adapters=[(method, "f1+l2", True, 2, "paper")], d=7,
+                    counts=(3, 6, 2), prompts=(2, 4, 1), ids=(0, 0, 0))
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -515,6 +603,7 @@ def build() -> list[dict]:
     riemannian_cases()
     positions_cases()
     edit_cases()
+    packed_edit_cases()
     return list(CASES)
 
 

@@ -345,6 +345,8 @@ def _boxed(fn):
     def unbox(x):
         if isinstance(x, dict):
             return {k: unbox(v) for k, v in x.items()}
+        if isinstance(x, (tuple, list)):  # packed_edit's adapters: [(config, params)]
+            return type(x)(unbox(v) for v in x)
         if isinstance(x, np.ndarray):
             raise TypeError("this framework takes Box, not numpy.ndarray")
         return x.a if isinstance(x, Box) else x
@@ -379,7 +381,8 @@ def _mirror(wrap, namespace=types.SimpleNamespace):
 def test_adapter_protocol_with_the_backends_own_hooks():
     backend = types.SimpleNamespace(**_mirror(_boxed, lambda name: types.SimpleNamespace()),
                                     positions=minireft.positions, edit=_boxed(minireft.edit),
-                                    edit_vjp=_boxed(minireft.edit_vjp), to_backend=Box, to_numpy=lambda b: b.a)
+                                    edit_vjp=_boxed(minireft.edit_vjp), packed_edit=_boxed(minireft.packed_edit),
+                                    to_backend=Box, to_numpy=lambda b: b.a)
     report = conformance.run(backend, CASES_DIR, dtypes=("float64",))
     assert report.adapter == "backend's to_backend/to_numpy"
     assert report.ok, [m for r in report.failed for m in r.messages()][:3]

@@ -183,3 +183,118 @@ def _prompt_lengths(prompt_lengths, batch: int, device) -> torch.Tensor:
         raise ValueError(f"prompt_lengths must be an integer tensor of shape ({batch},) (one length per row), "
                          f"got dtype {n.dtype} and shape {tuple(n.shape)}")
     return n.long()
+
+
+# ----------------------------------------------------------------------------- the packed edit
+
+
+def packed_edit(h, positions, prompt_lengths, adapter_ids, adapters) -> torch.Tensor:
+    """h'_i = Φ_{a_i, g}(h_i) where adapter a_i's rule picks t_i < n_i (minireft.edit.packed_edit).
+
+    h: (T, d); positions, prompt_lengths, adapter_ids: (T,) integer tensors (adapter −1: none);
+    adapters: [(config, {group: {param: tensor}}) or None]. Differentiable; h unchanged. Each
+    (adapter, group) is one gather, one Φ and one index_put (`PackedPlan`), so values equal the
+    spec's within rounding (the spec applies Φ per run of a sequence).
+    """
+    if not isinstance(h, torch.Tensor) or h.dim() != 2:
+        raise ValueError(f"h must be a (tokens, hidden) tensor, got {getattr(h, 'shape', type(h).__name__)}")
+    configs, phis = [], {}
+    for k, entry in enumerate(adapters):
+        if entry is None:
+            configs.append(None)
+            continue
+        if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+            raise ValueError(f"adapters[{k}] must be a (ReftConfig, params) pair or None, got "
+                             f"{type(entry).__name__}")
+        config, params = entry
+        try:
+            math, ordered = _check_params(config, params, KINDS)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"adapters[{k}]: {exc}") from None
+        configs.append(config)
+        phis.update({(k, g): functools.partial(_phi, math, args) for g, args in ordered.items()})
+    plan = PackedPlan.from_tokens(positions, prompt_lengths, adapter_ids, configs, len(h), h.device)
+    out = plan.apply(h, phis)
+    return h.clone() if out is h else out  # a new tensor, as the spec returns
+
+
+class PackedPlan:
+    """The edited tokens of one flat batch: per (adapter k, group g), the indices (K,) of the
+    tokens i with a_i = k whose t_i is in g's positions for a prompt of n_i tokens.
+
+    Built once per forward pass (the positions do not change from layer to layer) and
+    applied at every hooked layer with that layer's Φs. Vectorised as `position_index`:
+    p_i, s_i clamp p, s for short prompts (rule "paper" or "pyreft"); prefix: t_i < p_i;
+    suffix: n_i − s_i ≤ t_i < n_i.
+    """
+
+    def __init__(self, index: dict):
+        self.index = index  # {(k, group): (K,) long tensor}, only non-empty entries
+
+    @property
+    def empty(self) -> bool:
+        return not self.index
+
+    @classmethod
+    def from_tokens(cls, positions, prompt_lengths, adapter_ids, configs, tokens: int,
+                    device=None) -> PackedPlan:
+        """configs: [ReftConfig or None] by adapter index. Validates the (T,) integer arrays
+        (one device sync) and names the first bad token as the spec does."""
+        t, n, a = (_token_ints(x, name, tokens, device) for x, name in (
+            (positions, "positions"), (prompt_lengths, "prompt_lengths"), (adapter_ids, "adapter_ids")))
+        bad = (t < 0) | (n < 1) | (a < -1) | (a >= len(configs))  # (T,)
+        if bool(bad.any()):
+            i = int(bad.int().argmax())
+            what = [(t, "positions", 0), (n, "prompt_lengths", 1), (a, "adapter_ids", -1)]
+            for x, name, low in what:
+                if int(x[i]) < low:
+                    raise ValueError(f"token {i} has {name} {int(x[i])}; it must be >= {low}")
+            raise ValueError(f"token {i} has adapter_id {int(a[i])}, but only {len(configs)} adapters "
+                             f"were given")
+        index = {}
+        for k, config in enumerate(configs):
+            if config is None:
+                continue
+            for group, chosen in token_groups(t, n, config).items():
+                rows = torch.nonzero(chosen & (a == k)).flatten()  # (K,)
+                if rows.numel():
+                    index[(k, group)] = rows
+        return cls(index)
+
+    def apply(self, h: torch.Tensor, phis: dict) -> torch.Tensor:
+        """h (T, d) with h[index_{k,g}] ← Φ_{k,g}(h[index_{k,g}]) for every (k, g) of the plan
+        (phis {(k, group): callable (K, d) → (K, d)}; a missing key: adapter k does not edit this
+        layer). Returns h itself when nothing is edited (a decode step), else one new tensor."""
+        rows, values = [], []
+        for key, index in self.index.items():
+            if key in phis:
+                rows.append(index)
+                values.append(phis[key](h[index]))  # (K, d)
+        if not rows:
+            return h
+        return h.index_put((torch.cat(rows),), torch.cat(values))
+
+
+def token_groups(positions: torch.Tensor, prompt_lengths: torch.Tensor,
+                 config: ReftConfig) -> dict[str, torch.Tensor]:
+    """{group: (T,) bool}: which tokens group g edits, for positions t and prompt lengths n (T,)
+    (minireft.edit.packed_groups, vectorised; t ≥ n is never edited)."""
+    prefix, suffix = config.prefix_suffix
+    t, n = positions, prompt_lengths
+    if config.position_rule == "pyreft":
+        p, s = torch.clamp(n // 2, max=prefix), torch.clamp(n // 2, max=suffix)  # (T,)
+    else:
+        short = n < prefix + suffix
+        p = torch.where(short, torch.clamp(n // 2, max=prefix), prefix)  # (T,)
+        s = torch.where(short, torch.clamp((n + 1) // 2, max=suffix), suffix)  # (T,)
+    pre, suf = t < p, (t >= n - s) & (t < n)  # (T,) each
+    groups = {"tied": pre | suf, "prefix": pre, "suffix": suf}
+    return {g: groups[g] for g in config.groups}
+
+
+def _token_ints(x, name: str, tokens: int, device) -> torch.Tensor:
+    x = torch.as_tensor(x, device=device)
+    if x.shape != (tokens,) or (x.numel() and (x.is_floating_point() or x.dtype == torch.bool)):
+        raise ValueError(f"{name} must be an integer array of shape ({tokens},) (one per token of h), "
+                         f"got dtype {x.dtype} and shape {tuple(x.shape)}")
+    return x.long()

@@ -21,6 +21,8 @@ pytest.importorskip("transformers")
 
 from test_train import checksum, tiny_tokenizer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_tasks.py"
 
 
@@ -135,3 +137,98 @@ def test_a_reft_candidate_replaces_the_defaults_for_reft_rows_only(bench, tmp_pa
     assert by[("piqa", "loreft")]["candidate"] == candidate and "candidate" not in by[("piqa", "zero-shot")]
     assert "| loreft (rank 1, positions f1, layers (0,), lr 0.01, min_steps 3, seed 1) |" in \
         (tmp_path / "results.md").read_text()
+
+
+def test_validation_rows_are_never_training_or_test_rows(bench):
+    """split="val" carves rows from the training split after the training rows (the constraints:
+    'val' words, training on 'tune'); none is a training row or a held-out test row."""
+    _need_data()
+    for name in bench.DEFAULT_TASKS:
+        val, test = bench.load_task(name, 64, 40, split="val"), bench.load_task(name, 64, 40, split="test")
+        key = (lambda r: r["text"]) if name == "rotten_tomatoes" else (lambda r: r["prompt"])
+        train_keys, val_keys, test_keys = ({key(r) for r in rows} for rows in (val.train, val.test, test.test))
+        assert val_keys and not val_keys & train_keys and not val_keys & test_keys, name
+        assert len(val.test) == (32 if name == "format" else 40)
+        if name != "constraints":  # the benchmark trains on the same rows the curves did
+            assert [key(r) for r in val.train] == [key(r) for r in test.train], name
+    with pytest.raises(ValueError, match="has no validation rows"):
+        bench.load_task("piqa", 4, 4, split="val")
+
+
+def test_majority_accuracy_counts_the_commonest_label(bench):
+    task = bench.Task("t", "choices", [], [{"completion": c} for c in ("yes", "no", "yes", "yes")])
+    assert bench.majority_accuracy(task) == 0.75
+    assert bench.majority_accuracy(bench.Task("t", "program", [], [{"completion": "x"}])) is None
+
+
+@pytest.fixture(scope="module")
+def curves(bench):
+    import bench_curves
+
+    return bench_curves
+
+
+def _intervention_sum(model) -> float:
+    return float(sum(p.detach().double().sum() for _, p in model.named_trainable_parameters()))
+
+
+def test_curve_checkpoints_score_the_run_at_those_steps(bench, curves, monkeypatch):
+    """reft_curve scores train()'s own run at each checkpoint: the parameters its score sees at
+    steps 1 and 2 are the ones train() holds after those steps (read by an eval_fn at every
+    step of the same seeded run), and the clock only grows."""
+    _need_data()
+    from minireft.hf.model import attach
+    from minireft.hf.training import train
+
+    lm = tiny_lm()
+    task = bench.load_task("rt_words", 6, 3, split="val")
+    seen = []
+    monkeypatch.setattr(bench, "score_rows", lambda model, *a, **k: (seen.append(_intervention_sum(model)),
+                                                                     [True, False, True])[1])
+    result = curves.reft_curve(bench, *lm, task, lr=1e-2, steps=(1, 2), chat_template=False)
+    direct = []
+    reft = attach(lm[0], bench.reft_config(lm[0], "loreft"), seed=0)
+    train(reft, lm[1], task.train, seed=0, progress=False, lr=1e-2, min_steps=2, max_steps=2,
+          chat_template=False, eval_fn=lambda m: direct.append(_intervention_sum(m)), eval_every=1)
+    reft.detach()
+    assert seen == direct[:2] and seen[0] != seen[1]
+    points = result["points"]
+    assert [p["step"] for p in points] == [1, 2]
+    assert all(p["hits"] == [True, False, True] and p["accuracy"] == pytest.approx(2 / 3) for p in points)
+    assert 0 < points[0]["train_cpu_s"] <= points[1]["train_cpu_s"]
+
+
+def test_curve_runs_both_methods_and_writes_the_report(bench, curves, tmp_path):
+    _need_data()
+    pytest.importorskip("peft", reason="LoRA needs the optional bench extra: pip install peft")
+    lm, encoder = tiny_lm(), tiny_encoder()
+    before = (checksum(lm[0]), checksum(encoder[0]))
+    runs = curves.run(bench, ("rt_words", "rotten_tomatoes"), lm=lm, encoder=encoder, out=tmp_path,
+                      lrs={"loreft": (1e-2,), "lora": (1e-3,)}, steps=(1, 2), n_train=6, n_val=3,
+                      chat_template=False, log=lambda line: None)
+    assert (checksum(lm[0]), checksum(encoder[0])) == before, "the shared models were changed"
+    assert [(r["task"], r["method"]) for r in runs] == [(t, m) for t in ("rt_words", "rotten_tomatoes")
+                                                        for m in ("loreft", "lora")]
+    for r in runs:
+        assert [p["step"] for p in r["points"]] == [1, 2] and r["n_val"] == 3
+        assert all(len(p["hits"]) == 3 and p["accuracy"] == sum(p["hits"]) / 3 for p in r["points"])
+    assert curves.read_runs(tmp_path / "runs.jsonl") == json.loads(json.dumps(runs))
+    curves.write_report(tmp_path)
+    text = (tmp_path / "summary.md").read_text()
+    assert "**rt_words**" in text and "| equal steps |" in text and "| equal CPU s" in text
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "rt_words.png").stat().st_size > 0
+
+
+def test_equal_time_gives_loreft_its_latest_checkpoint_within_loras_seconds(curves):
+    """LoRA's checkpoints at 3 and 6 CPU s meet LoReFT's checkpoints at 1, 2.5 and 5 s: the
+    budget of 3 s takes LoReFT's second point, 6 s its third; equal steps pairs step with step."""
+    def run(method, times, accs):
+        return {"task": "t", "method": method, "lr": 1.0, "points": [
+            {"step": 16 * (i + 1), "train_cpu_s": t, "accuracy": a, "hits": [a >= 0.5, True]}
+            for i, (t, a) in enumerate(zip(times, accs))]}
+    reft, lora = run("loreft", (1, 2.5, 5), (0.5, 1.0, 1.0)), run("lora", (3, 6), (0.0, 0.5))
+    rows = curves.at_equal_time(reft, lora)
+    assert [(r["budget_s"], r["reft_step"], r["lora_step"]) for r in rows] == [(3, 32, 16), (6, 48, 32)]
+    assert [r["diff"] for r in rows] == [0.5, 0.0]
+    assert [c["step"] for c in curves.at_equal_steps(reft, lora)] == [16, 32]

@@ -10,8 +10,8 @@ trains a fresh LoReFT from the same seed and scores held-out rows:
              "exact", it is the right string (the word's letters upper-cased, its length)
     rt       Rotten Tomatoes sentiment as a word answer: accuracy by scoring the two
              choices "negative" / "positive" (summed log-probability)
-    boolq    BoolQ yes/no, the same way, on rows whose prompt is at most BOOLQ_MAX_CHARS
-             characters (short_boolq: a median prompt of 105 tokens with the chat template,
+    boolq    BoolQ yes/no, the same way, on rows whose prompt is at most 400 characters
+             (bench_tasks.short_boolq: a median prompt of 105 tokens with the chat template,
              against 168 for the whole split)
     constraints  bench_tasks' program-checked instructions: exact match of the greedy answer
 
@@ -74,7 +74,6 @@ CANDIDATES = {
 TASKS = ("format", "rt", "boolq", "constraints")
 N_WORD_TRAIN = 128
 N_WORD_VAL = 200
-BOOLQ_MAX_CHARS = 400  # short_boolq
 
 
 def resolve_layers(layers, depth: int) -> list[int]:
@@ -95,18 +94,10 @@ def task_data(task: str):
     if task == "rt":
         rows, choices = datasets.rotten_tomatoes("train", None, seed=0), ["negative", "positive"]
     else:
-        rows, choices = short_boolq(), ["no", "yes"]
+        rows, choices = bench_tasks.short_boolq("train"), ["no", "yes"]
     # the first N_WORD_TRAIN rows train; the next N_WORD_VAL, never trained on, validate
     train, val = rows[:N_WORD_TRAIN], rows[N_WORD_TRAIN:N_WORD_TRAIN + N_WORD_VAL]
     return train, [dict(r, choices=choices) for r in val]
-
-
-def short_boolq() -> list[dict]:
-    """BoolQ training-split rows (datasets.boolq, shuffled with seed 0) whose prompt is at
-    most BOOLQ_MAX_CHARS characters: 1,811 of 9,427, 62% "yes" like the whole split."""
-    from minireft.demo import datasets
-
-    return [r for r in datasets.boolq("train", None, seed=0) if len(r["prompt"]) <= BOOLQ_MAX_CHARS]
 
 
 def score(task: str, reft, tokenizer, test, chat: bool) -> dict:

@@ -312,6 +312,21 @@ def test_errors_are_clear():
         reft(input_ids=ids, attention_mask=mask)
 
 
+def test_an_input_of_no_tokens_is_one_line_naming_it():
+    """(1, 0) input_ids: the bare model fails inside attention; ReftModel says which input, in one
+    line, before the base model runs (generate() names the empty row, as the spec's edit does)."""
+    model, _ = tiny.build("llama")
+    reft = attach(model, PAPER)
+    ids = torch.zeros(1, 0, dtype=torch.long)
+    for kwargs in ({"input_ids": ids}, {"input_ids": ids, "attention_mask": torch.ones(1, 0, dtype=torch.long)},
+                   {"inputs_embeds": torch.zeros(1, 0, 32)}):
+        with pytest.raises(ValueError, match=r"^\w+ has no tokens \(shape \(1, 0") as err:
+            reft(**kwargs)
+        assert "\n" not in str(err.value) and str(err.value).startswith(next(iter(kwargs))), str(err.value)
+    with pytest.raises(ValueError, match="^row 0 is empty"):
+        reft.generate(input_ids=ids, attention_mask=torch.ones(1, 0, dtype=torch.long), max_new_tokens=1)
+
+
 def test_unfindable_blocks_error_says_how_to_pass_module_path():
     model, _ = tiny.build("gpt2")
     model.config.n_layer = 7  # no ModuleList of 7 blocks

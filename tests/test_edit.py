@@ -281,6 +281,21 @@ def test_torch_names_the_same_bad_row(kind, row):
         mt.edit(torch.zeros(3, 4, 5, dtype=torch.float64), tensors(mask), tensors(lengths), CONFIG, params)
 
 
+@pytest.mark.parametrize("batch", [1, 2, 0])
+def test_a_batch_of_no_columns_is_refused_as_the_spec_refuses_it(batch):
+    """(B, 0): every row is empty, named as the spec names it; (0, 0) has no row and edits nothing."""
+    torch, mt = mirror()
+    h, mask = np.zeros((batch, 0, 5)), np.ones((batch, 0), dtype=np.int64)
+    if batch == 0:
+        assert edit(h, mask, None, CONFIG, spec_params()).shape == (0, 0, 5)
+        assert mt.edit(tensors(h), tensors(mask), None, CONFIG, tensors(spec_params())).shape == (0, 0, 5)
+        return
+    with pytest.raises(ValueError, match="^row 0 is empty"):
+        edit(h, mask, None, CONFIG, spec_params())
+    with pytest.raises(ValueError, match="^row 0 is empty"):
+        mt.edit(tensors(h), tensors(mask), None, CONFIG, tensors(spec_params()))
+
+
 def test_torch_rejects_a_mask_that_is_not_0_1():
     torch, mt = mirror()
     with pytest.raises(ValueError, match="0 .padding. and 1"):

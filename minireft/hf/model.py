@@ -438,12 +438,18 @@ class ReftModel(nn.Module):
         edit_plan: this batch's EditPlan for the active adapter, made ahead (train() builds it
         from the host copy of the mask, so checking the mask reads no device memory); default:
         built from attention_mask.
+        An input of no tokens (B, 0) is refused with a one-line ValueError naming it (the bare
+        model fails inside attention; an empty prompt has no position to edit).
         """
         self._check_attached()
         self._check_checkpointing()
         x = input_ids if input_ids is not None else model_kwargs.get("inputs_embeds")
         if x is None:
             raise ValueError("pass input_ids (B, L) or inputs_embeds (B, L, d)")
+        if x.dim() >= 2 and x.shape[1] == 0:
+            name = "input_ids" if input_ids is not None else "inputs_embeds"
+            raise ValueError(f"{name} has no tokens (shape {tuple(x.shape)}): an empty prompt has no "
+                             f"position to edit; give every row at least one token")
         if attention_mask is None:
             attention_mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
         if edit_plan is not None and (edit_plan.batch, edit_plan.length) != tuple(attention_mask.shape):

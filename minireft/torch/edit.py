@@ -130,8 +130,9 @@ class EditPlan:
         real = mask != 0  # (B, L)
         B, L = real.shape
         count = real.sum(1)  # (B,)
-        first = real.int().argmax(1)  # (B,): argmax returns the first maximum
-        last = L - 1 - real.flip(1).int().argmax(1)  # (B,)
+        # argmax needs a column: with none (B, 0), every row is empty and refused below, as the spec does
+        first = real.int().argmax(1) if L else count  # (B,): argmax returns the first maximum
+        last = L - 1 - real.flip(1).int().argmax(1) if L else count - 1  # (B,)
         n = count if prompt_lengths is None else _prompt_lengths(prompt_lengths, B, mask.device)
         bad = (count == 0) | (last - first + 1 != count) | (n < 1) | (n > count)  # (B,)
         not_binary = (real & (mask != 1)).any()

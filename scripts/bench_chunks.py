@@ -1,12 +1,12 @@
 """What CHUNK_OVERHEAD_TOKENS should be: train()'s CPU step at several overheads, side by side.
 
 On a CPU, train() runs each micro-batch as sub-batches of similar length
-(minireft.hf.training.length_chunks), chosen to minimise
+(minireft.hf.batching.length_chunks), chosen to minimise
 
     Σ_chunks (overhead + |chunk| · longest row in the chunk)
 
 the padded positions computed plus a fixed cost per extra forward and backward. overhead 0
-splits freely, a huge overhead keeps the whole batch. This times training._train_step (the
+splits freely, a huge overhead keeps the whole batch. This times training.train_step (the
 forward, loss and backward of one optimizer step, no optimizer update) on the same
 micro-batches of real rows for each overhead, interleaved in rounds with the order rotating
 (the machine is shared and noisy), and prints the median seconds per step and the ratio to
@@ -35,25 +35,26 @@ def time_steps(model, encoded, steps: list, overhead, pad: int) -> float:
     """Seconds for `steps` (each a list of micro-batches of row indices) at this overhead."""
     import torch
 
-    from minireft.hf import training
+    from minireft.hf import batching
+    from minireft.hf.training import train_step
 
-    saved = training.CHUNK_OVERHEAD_TOKENS
-    training.CHUNK_OVERHEAD_TOKENS = 10**9 if overhead is None else overhead
+    saved = batching.CHUNK_OVERHEAD_TOKENS
+    batching.CHUNK_OVERHEAD_TOKENS = 10**9 if overhead is None else overhead
     try:
         start = time.perf_counter()
         for groups in steps:
-            training._train_step(model, encoded, groups, "lm", pad, torch.device("cpu"), "right")
+            train_step(model, encoded, groups, "lm", pad, torch.device("cpu"), "right")
             model.zero_grad(set_to_none=True)
         return time.perf_counter() - start
     finally:
-        training.CHUNK_OVERHEAD_TOKENS = saved
+        batching.CHUNK_OVERHEAD_TOKENS = saved
 
 
 def measure(model, encoded, *, n_steps: int, rounds: int, batch_size: int, pad: int, log=print) -> dict:
     """{overhead: median seconds per step} over `rounds` interleaved rounds."""
     import torch
 
-    from minireft.hf.training import step_groups
+    from minireft.hf.batching import step_groups
 
     generator = torch.Generator().manual_seed(0)
     steps = list(step_groups(len(encoded), batch_size, 1, generator))[:n_steps]

@@ -353,7 +353,7 @@ def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0
 
     from minireft.hf.data import encode_examples, pad_id
     from minireft.hf.loss import lm_loss_sum
-    from minireft.hf.training import _train_step, linear_schedule
+    from minireft.hf.training import linear_schedule, train_step
 
     torch.manual_seed(seed)
     is_classify = task.kind == "classify"
@@ -385,7 +385,7 @@ def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0
         idx, order = order[:batch_size], order[batch_size:]
         optimizer.zero_grad(set_to_none=True)
         # train()'s step: sub-batches of similar length on a CPU, the loss over the step's targets
-        _train_step(lora, encoded, [idx], "classification" if is_classify else "lm", pad_id(tokenizer),
+        train_step(lora, encoded, [idx], "classification" if is_classify else "lm", pad_id(tokenizer),
                     torch.device("cpu"), "right", loss_sum=loss_sum)
         optimizer.step()
         scheduler.step()

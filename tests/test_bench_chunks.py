@@ -20,11 +20,11 @@ def test_quick_prints_every_overhead_and_restores_the_constant(capsys):
     spec = importlib.util.spec_from_file_location("_bench_chunks", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    from minireft.hf import training
+    from minireft.hf import batching
 
-    before = training.CHUNK_OVERHEAD_TOKENS
+    before = batching.CHUNK_OVERHEAD_TOKENS
     assert module.main(["--quick", "--threads", "1"]) == 0
-    assert training.CHUNK_OVERHEAD_TOKENS == before
+    assert batching.CHUNK_OVERHEAD_TOKENS == before
     out = capsys.readouterr().out
     rows = re.findall(r"^\| (\S.*?) \| ([\d.]+) \| ([\d.]+)x \|$", out, flags=re.M)
     assert [r[0] for r in rows] == ["0", "16", "64", "256", "whole batch"]

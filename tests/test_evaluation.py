@@ -19,7 +19,8 @@ from test_train import tiny_llama, tiny_tokenizer
 from minireft import ReftConfig
 from minireft.cli import main
 from minireft.hf import evaluation
-from minireft.hf.data import batches_by_length, encode_example, encode_prompt
+from minireft.hf.batching import batches_by_length
+from minireft.hf.data import encode_example, encode_prompt
 from minireft.hf.model import attach
 
 PROMPTS = ["cat", "a longer prompt", "dog!", "x"]  # different lengths: batches are padded

@@ -354,15 +354,15 @@ def test_grad_accumulation_equals_one_big_batch():
 def test_cpu_length_chunks_give_the_one_batch_gradient(monkeypatch):
     """On a CPU a micro-batch runs as sub-batches of similar length: the same updates and
     losses as the whole micro-batch at once (float64, to 1e-9 relative)."""
-    from minireft.hf import training
+    from minireft.hf import batching
 
     calls = []
-    chunks = training.length_chunks
-    monkeypatch.setattr(training, "length_chunks", lambda *a: calls.append(chunks(*a)) or calls[-1])
-    monkeypatch.setattr(training, "CHUNK_OVERHEAD_TOKENS", 0)  # split wherever lengths differ
+    chunks = batching.length_chunks
+    monkeypatch.setattr(batching, "length_chunks", lambda *a: calls.append(chunks(*a)) or calls[-1])
+    monkeypatch.setattr(batching, "CHUNK_OVERHEAD_TOKENS", 0)  # split wherever lengths differ
     split, r_split = _run(8, 1)
     assert calls and all(len(c) > 1 for c in calls), calls
-    monkeypatch.setattr(training, "CHUNK_OVERHEAD_TOKENS", 10 ** 9)  # never split
+    monkeypatch.setattr(batching, "CHUNK_OVERHEAD_TOKENS", 10 ** 9)  # never split
     calls.clear()
     whole, r_whole = _run(8, 1)
     assert calls and all(len(c) == 1 for c in calls), calls
@@ -377,7 +377,7 @@ def test_cpu_length_chunks_give_the_one_batch_gradient(monkeypatch):
 def test_length_chunks_partition_minimises_padded_positions(lengths, overhead):
     """Every row once, and no set partition of the rows (all of them, brute force) computes
     fewer padded positions plus per-chunk overhead."""
-    from minireft.hf.training import length_chunks
+    from minireft.hf.batching import length_chunks
 
     rows = list(range(len(lengths)))
     got = length_chunks(rows, lengths, overhead)

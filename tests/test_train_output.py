@@ -46,13 +46,13 @@ def siblings(out) -> list[str]:
 def test_a_good_run_is_staged_then_moved_in(tmp_path, monkeypatch):
     out = tmp_path / "adapter"
     seen = []
-    real_save = training.io.save_adapter
+    real_save = io.save_adapter
 
     def spy(path, *args, **kwargs):
         seen.append(path)
         return real_save(path, *args, **kwargs)
 
-    monkeypatch.setattr(training.io, "save_adapter", spy)
+    monkeypatch.setattr(io, "save_adapter", spy)
     model = reft(tiny_llama())
     result = train(model, tiny_tokenizer(), PAIRS, epochs=2, batch_size=2, output_dir=out, save_every=1,
                    eval_examples=PAIRS[:2], **QUIET)
@@ -117,7 +117,7 @@ def test_non_finite_loss_keeps_the_old_adapter(old_adapter):
 
 def test_an_exception_mid_run_keeps_the_old_adapter(old_adapter, monkeypatch):
     out, before = old_adapter
-    real_step = training._train_step
+    real_step = training.train_step
     calls = []
 
     def failing_step(*args):
@@ -126,7 +126,7 @@ def test_an_exception_mid_run_keeps_the_old_adapter(old_adapter, monkeypatch):
             raise RuntimeError("CUDA out of memory (simulated)")
         return real_step(*args)
 
-    monkeypatch.setattr(training, "_train_step", failing_step)
+    monkeypatch.setattr(training, "train_step", failing_step)
     model = reft(tiny_llama())
     with pytest.raises(RuntimeError, match="simulated") as info:
         train(model, tiny_tokenizer(), PAIRS, epochs=2, batch_size=1, output_dir=out, overwrite=True,
@@ -139,7 +139,7 @@ def test_an_exception_mid_run_keeps_the_old_adapter(old_adapter, monkeypatch):
 
 def test_an_interrupt_before_the_first_step_keeps_nothing(old_adapter, monkeypatch):
     out, before = old_adapter
-    monkeypatch.setattr(training, "_train_step", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(training, "train_step", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt) as info:
         train(reft(tiny_llama()), tiny_tokenizer(), PAIRS, output_dir=out, overwrite=True, **QUIET)
     _check_stopped(out, before, info, 0)

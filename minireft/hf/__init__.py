@@ -5,10 +5,13 @@
                 generate, save, load; several named adapters (add/load/set/delete_adapter)
                 and per-row adapter_names in one batch
     edit_plan   routing edit plans to rows: several adapters in one batch, generate()'s repeats
-    data        examples -> token ids and labels; batches
+    data        examples -> token ids and labels; padded batches (collate)
+    batching    which rows run together: optimizer steps, length chunks, evaluation batches
     recipe      train()'s defaults, in one place the CLI reads without torch
-    training    train(): the loop, staged saving, nothing lost on failure
     loss        a batch's summed loss: logits at the target columns only (train, Trainer, eval)
+    modes       the interventions in train mode over a base model in eval mode; eval mode
+    training    train(): the loop (train_step, update, the held-out evaluations)
+    run_output  TrainResult, train_log.json, loss.png, the staged folder: nothing lost on failure
     trainer     ReftTrainer: transformers.Trainer with ReftOptimizer and adapter-only checkpoints
     distributed all-reduce of the adapter's gradients across torch.distributed ranks
     evaluation  evaluate(): held-out loss (mean_loss), exact match of greedy generations,

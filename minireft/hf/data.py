@@ -148,10 +148,3 @@ def collate(encoded: Sequence[dict], pad_token_id: int = 0, *, padding_side: str
     else:
         batch["labels"] = torch.tensor([e["labels"] for e in encoded])  # (B,)
     return batch
-
-
-def batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Row indices in batches of `batch_size`, longest rows first (ties in input order), so
-    each batch pads to a length close to its rows' own (evaluation, where order is free)."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]

@@ -33,7 +33,8 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from minireft.hf.data import IGNORE_INDEX, batches_by_length, collate, encode_examples, encode_prompt, pad_id
+from minireft.hf.batching import batches_by_length
+from minireft.hf.data import IGNORE_INDEX, collate, encode_examples, encode_prompt, pad_id
 from minireft.hf.prompt_format import resolve_chat_template
 from minireft.hf.loss import count_targets, infer_task, is_reft_model, loss_sum, model_device, target_logits
 from minireft.hf.modes import eval_mode

@@ -144,7 +144,8 @@ def logits_at(model, columns: torch.Tensor, base=None):
         handle.remove()
 
 
-def target_logits(model, inputs: dict, labels: torch.Tensor, *, base=None) -> tuple[torch.Tensor, torch.Tensor]:
+def target_logits(model, inputs: dict, labels: torch.Tensor, *,
+                  base=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, labels) for lm_loss_sum: model(**inputs) with logits built only at the K
     logit_columns of `labels` (B, T), so logits (B, K, V) with the kept labels (B, K + 1),
     on the CPU; (B, T, V) with labels (B, T) on the CPU for a model that cannot keep columns.

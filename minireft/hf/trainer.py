@@ -9,8 +9,8 @@ The loss of one optimizer step over its micro-batches m (gradient accumulation) 
 step, and of every process), so accumulation gives one big batch's gradient, as in
 minireft.hf.training.train. Without num_items_in_batch (evaluation) a batch's loss is its
 mean over its own targets. Logits are built only where a target follows (minireft.hf.loss),
-and on a CPU a batch runs as sub-batches of similar length (train()'s length_chunks: the same
-sum, less padding computed).
+and on a CPU a batch runs as sub-batches of similar length (minireft.hf.batching.length_chunks,
+as in train(): the same sum, less padding computed).
 
 What differs from a plain Trainer:
 - the optimizer is ReftOptimizer (Riemannian Adam on St(r, d) for every R, AdamW for the
@@ -45,6 +45,7 @@ from torch import nn
 
 from minireft import io
 from minireft.hf.data import collate, pad_id
+from minireft.hf.batching import CHUNK_OVERHEAD_TOKENS, length_chunks
 from minireft.hf.model import ReftModel
 from minireft.hf.loss import lm_loss_sum, target_logits
 from minireft.hf.training import CHUNK_OVERHEAD_TOKENS, length_chunks

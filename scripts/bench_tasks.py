@@ -75,7 +75,10 @@ FAMILY = {"piqa": "commonsense", "boolq": "reading", "boolq_short": "reading", "
 LORA_RANK, LORA_ALPHA, LORA_LR = 8, 16, 5e-4
 # A ReFT candidate (--rank, --positions, --layers, --lr, --min-steps, --seed) replaces these
 # of the defaults for LoReFT and DiReFT only; zero-shot and LoRA stay as they are.
-CONFIG_FIELDS, TRAIN_FIELDS = ("layers", "rank", "positions"), ("lr", "min_steps")
+# A lever of issue 17 also sets "tied" (one intervention for prefix and suffix), "layers"
+# "all" (every block), or "r_update" "parametrized" (below).
+CONFIG_FIELDS, TRAIN_FIELDS = ("layers", "rank", "positions", "tied"), ("lr", "min_steps")
+R_UPDATES = ("riemannian", "parametrized")
 # The format task has 64 training words in all: it trains on 32 (as the demo's format test),
 # the other 32 validate; its 32 test words are its own split.
 FORMAT_TRAIN = 32
@@ -110,7 +113,7 @@ _CONSTRAINTS = (  # (instruction, the one output that satisfies it)
 )
 
 
-def _in_split(word: str, split: str) -> bool:
+def in_split(word: str, split: str) -> bool:
     """By a hash of the word: "test" ~20% of words (the benchmark's held-out words), "train"
     the rest; for scripts/tune_defaults.py, "train" splits further into "val" (~1/6 of it)
     and "tune" (the other 5/6), so a default is chosen without the benchmark's test words."""
@@ -127,7 +130,7 @@ def constraint_words() -> list[str]:
 
     from minireft.demo import datasets
 
-    counts = Counter(w for text, _ in datasets._rotten_tomatoes_rows()
+    counts = Counter(w for text, _ in datasets.rotten_tomatoes_rows()
                      for w in re.findall(r"\b[a-z]{4,8}\b", text))
     return [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:900]]
 
@@ -140,7 +143,7 @@ def constraints_task(split: str, n: int, seed: int = 0) -> list[dict]:
 
     if split not in ("train", "test", "tune", "val"):
         raise ValueError(f"split must be 'train', 'test', 'tune' or 'val', got {split!r}")
-    words = [w for w in constraint_words() if _in_split(w, split)]
+    words = [w for w in constraint_words() if in_split(w, split)]
     rows = [{"prompt": template.format(w=w), "completion": answer(w)}
             for w in words for template, answer in _CONSTRAINTS]
     random.Random(seed).shuffle(rows)
@@ -273,7 +276,23 @@ def reft_config(model, intervention: str, **fields):
     from minireft.hf.recipe import default_layers
 
     _, blocks = find_blocks(model, None)
+    if fields.get("layers") == "all":
+        fields = {**fields, "layers": tuple(range(len(blocks)))}
     return ReftConfig(**{"layers": default_layers(len(blocks)), **fields}, intervention=intervention)
+
+
+def parametrize_r(reft) -> None:
+    """The R update lever: R through torch's orthogonal parametrisation (Householder for a
+    non-square R, as pyreft's LoReFT uses), so train()'s optimizer sees an unconstrained
+    "parametrizations.R.original" and steps it with plain Adam like W and b, instead of
+    Riemannian Adam with a retraction on R itself."""
+    from torch.nn.utils.parametrizations import orthogonal
+
+    from minireft.torch.modules import Intervention
+
+    for module in reft.modules():
+        if isinstance(module, Intervention) and "R" in module.param_names:
+            orthogonal(module, "R")
 
 
 def run_reft(model, tokenizer, task: Task, intervention: str, *, chat_template: bool, seed: int = 0,
@@ -285,6 +304,8 @@ def run_reft(model, tokenizer, task: Task, intervention: str, *, chat_template: 
     candidate = candidate or {}
     fields = {k: candidate[k] for k in CONFIG_FIELDS if k in candidate}
     reft = attach(model, reft_config(model, intervention, **fields), seed=seed)
+    if candidate.get("r_update", "riemannian") == "parametrized":
+        parametrize_r(reft)
     try:
         trained = reft
         if task.kind == "classify":
@@ -300,12 +321,13 @@ def run_reft(model, tokenizer, task: Task, intervention: str, *, chat_template: 
                        **{k: candidate[k] for k in TRAIN_FIELDS if k in candidate},
                        **({} if task.kind == "classify" else {"chat_template": chat_template}))
         seconds = time.perf_counter() - start
-        accuracy = score_classifier(trained, tokenizer, task) if task.kind == "classify" else \
-            score_lm(reft, tokenizer, task, chat_template=chat_template)
+        hits = classify_rows(trained.predict, tokenizer, task) if task.kind == "classify" else \
+            score_rows(reft, tokenizer, task, chat_template=chat_template)
         params = trained.num_trainable_parameters()
     finally:
         reft.detach()
-    return {"params": params, "accuracy": accuracy, "seconds": seconds, "steps": result.steps}
+    return {"params": params, "accuracy": sum(hits) / len(hits), "seconds": seconds, "steps": result.steps,
+            "hits": hits}
 
 
 def _identity(reft) -> None:
@@ -321,12 +343,6 @@ def _identity(reft) -> None:
                     named["b"].zero_()
                 else:
                     named["W2"].zero_()
-
-
-def score_classifier(classifier, tokenizer, task: Task) -> float:
-    from minireft.hf.evaluation import mean_loss
-
-    return mean_loss(classifier, tokenizer, task.test, task="classification")["accuracy"]
 
 
 def _steps_and_batch(n_train: int, max_steps: int | None) -> tuple[int, int]:
@@ -394,13 +410,12 @@ def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0
     seconds = time.perf_counter() - start
     lora.eval()
     n_params = sum(p.numel() for p in params)
-    if on_step is not None:
-        accuracy = None
-    elif is_classify:
-        accuracy = _score_lora_classifier(lora, head, tokenizer, task)
-    else:
-        accuracy = score_lm(lora, tokenizer, task, chat_template=chat_template)
-    return {"params": n_params, "accuracy": accuracy, "seconds": seconds, "steps": steps}
+    hits = None
+    if on_step is None:
+        hits = classify_rows(lora_predict(lora, head), tokenizer, task) if is_classify else \
+            score_rows(lora, tokenizer, task, chat_template=chat_template)
+    return {"params": n_params, "accuracy": sum(hits) / len(hits) if hits else None, "seconds": seconds,
+            "steps": steps, "hits": hits}
 
 
 def classify_rows(predict, tokenizer, task: Task, batch_size: int = 16) -> list[bool]:
@@ -426,11 +441,6 @@ def lora_predict(encoder, head):
     return predict
 
 
-def _score_lora_classifier(encoder, head, tokenizer, task: Task) -> float:
-    hits = classify_rows(lora_predict(encoder, head), tokenizer, task)
-    return sum(hits) / len(hits)
-
-
 def run_method(method: str, model, tokenizer, task: Task, *, chat_template: bool,
                max_steps: int | None = None, candidate: dict | None = None) -> dict:
     """{"params", "accuracy", "seconds" (training), "steps"} of one method on one task."""
@@ -439,9 +449,9 @@ def run_method(method: str, model, tokenizer, task: Task, *, chat_template: bool
             return run_reft(model, tokenizer, task, "loreft", chat_template=False, head_only=True,
                             max_steps=max_steps)
         start = time.perf_counter()
-        accuracy = score_lm(model, tokenizer, task, chat_template=chat_template)
-        return {"params": 0, "accuracy": accuracy, "seconds": 0.0, "steps": 0,
-                "eval_seconds": time.perf_counter() - start}
+        hits = score_rows(model, tokenizer, task, chat_template=chat_template)
+        return {"params": 0, "accuracy": sum(hits) / len(hits), "seconds": 0.0, "steps": 0,
+                "eval_seconds": time.perf_counter() - start, "hits": hits}
     if method in ("loreft", "direft"):
         return run_reft(model, tokenizer, task, method, chat_template=chat_template, max_steps=max_steps,
                         seed=(candidate or {}).get("seed", 0), candidate=candidate)
@@ -471,13 +481,22 @@ def load_encoder():
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| family | task | method | trainable params | held-out accuracy | n test | train s |",
-             "|---|---|---|---|---|---|---|"]
+    """The table: each row's accuracy and, beside LoRA's row on the same task and rows, the
+    paired difference from it (scripts/paired.py: 95% bootstrap interval, McNemar's p)."""
+    import paired
+
+    lines = ["| family | task | method | trainable params | accuracy | − LoRA, paired [95% CI] | n | majority label "
+             "| train s |", "|---|---|---|---|---|---|---|---|---|"]
+    lora = {r["task"]: r for r in rows if r["method"] == "lora" and r.get("hits")}
     for r in rows:
         method = r["method"] + (" (" + ", ".join(f"{k} {v}" for k, v in r["candidate"].items()) + ")"
                                 if r.get("candidate") else "")
+        base = lora.get(r["task"])
+        versus = paired.describe(r["hits"], base["hits"]) if base and r is not base and r.get("hits") \
+            and len(r["hits"]) == len(base["hits"]) else ""
+        majority = f"{r['majority']:.3f}" if r.get("majority") is not None else ""
         lines.append(f"| {FAMILY[r['task']]} | {r['task']} | {method} | {r['params']:,} | "
-                     f"{r['accuracy']:.3f} | {r['n_test']} | {r['seconds']:.0f} |")
+                     f"{r['accuracy']:.3f} | {versus} | {r['n_test']} | {majority} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -510,7 +529,7 @@ def plot(rows: list[dict], path: Path) -> bool:
 
 def run(tasks, methods, *, lm, encoder, n_train: int, n_test: int, out: Path | None,
         chat_template: bool = True, max_steps: int | None = None, candidate: dict | None = None,
-        log=print) -> list[dict]:
+        split: str = "test", log=print) -> list[dict]:
     """Every (task, method) row; lm and encoder are (model, tokenizer) pairs (encoder may be
     None when rotten_tomatoes is not asked for). max_steps caps every method's optimizer
     steps (None: the defaults'). With `out`, the report is rewritten after every row, so a run
@@ -518,16 +537,17 @@ def run(tasks, methods, *, lm, encoder, n_train: int, n_test: int, out: Path | N
     replaces ReFT's defaults; its rows record it."""
     rows = []
     for name in tasks:
-        task = load_task(name, n_train, n_test)
+        task = load_task(name, n_train, n_test, split=split)
         model, tokenizer = encoder if task.kind == "classify" else lm
         for method in methods:
             reft = method in ("loreft", "direft") and bool(candidate)
-            row = {"task": name, "method": method, "n_train": len(task.train), "n_test": len(task.test),
+            row = {"task": name, "method": method, "split": split, "n_train": len(task.train),
+                   "n_test": len(task.test), "majority": majority_accuracy(task),
                    **({"candidate": candidate} if reft else {}),
                    **run_method(method, model, tokenizer, task, chat_template=chat_template,
                                 max_steps=max_steps, candidate=candidate if reft else None)}
             rows.append(row)
-            log(json.dumps(row))
+            log(json.dumps({k: v for k, v in row.items() if k != "hits"}))
             if out is not None:
                 write_report(rows, out)
     return rows
@@ -556,10 +576,17 @@ def main(argv=None) -> int:
     p.add_argument("--n-test", type=int, help="held-out rows per task (default 300; --quick 4)")
     p.add_argument("--out", default=str(ROOT / "results" / "bench_tasks"))
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="score held-out test rows (the report) or validation rows (choosing settings; "
+                        "writes <out>/val/<label>)")
+    p.add_argument("--label", help="--split val: the folder name of this run (default: from the candidate)")
     cand = p.add_argument_group("a ReFT candidate (LoReFT and DiReFT rows only; the defaults otherwise)")
     cand.add_argument("--rank", type=int)
     cand.add_argument("--positions", help='e.g. "f1", "l3", "f7+l7"')
-    cand.add_argument("--layers", help='blocks, e.g. "0,2,4"')
+    cand.add_argument("--layers", help='blocks, e.g. "0,2,4", or "all"')
+    cand.add_argument("--tied", action="store_const", const=True, help="one intervention for prefix and suffix")
+    cand.add_argument("--r-update", choices=R_UPDATES,
+                      help="parametrized: R through torch's orthogonal parametrisation, plain Adam (default riemannian)")
     cand.add_argument("--lr", type=float)
     cand.add_argument("--min-steps", type=int)
     cand.add_argument("--seed", type=int)
@@ -568,8 +595,9 @@ def main(argv=None) -> int:
         args.tasks = list(TASKS)
     if args.curve:
         return curve_main(args)
-    candidate = {k: getattr(args, k) for k in (*CONFIG_FIELDS, *TRAIN_FIELDS, "seed") if getattr(args, k) is not None}
-    if "layers" in candidate:
+    candidate = {k: getattr(args, k) for k in (*CONFIG_FIELDS, *TRAIN_FIELDS, "seed", "r_update")
+                 if getattr(args, k) is not None}
+    if candidate.get("layers", "all") != "all":
         candidate["layers"] = tuple(int(x) for x in candidate["layers"].split(","))
     size = SIZES["quick" if args.quick else "default"]
     import torch
@@ -581,10 +609,17 @@ def main(argv=None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # each row shows as it finishes, even into a file
     lm = load_model("smollm2")
     encoder = load_encoder() if "rotten_tomatoes" in args.tasks else None
-    out = Path(args.out) / ("quick" if args.quick else "") / ("candidate" if candidate else "")
+    out = Path(args.out) / ("quick" if args.quick else "")
+    if args.split == "val":
+        label = args.label or "_".join(f"{k}{'-'.join(map(str, v)) if isinstance(v, tuple) else v}"
+                                       for k, v in sorted(candidate.items())) or "defaults"
+        out = out / "val" / label
+    elif candidate:
+        out = out / "candidate"
     start = time.perf_counter()
     rows = run(args.tasks, args.methods, lm=lm, encoder=encoder, n_train=args.n_train or size["train"],
-               n_test=args.n_test or size["test"], out=out, max_steps=size["max_steps"], candidate=candidate)
+               n_test=args.n_test or (size["test"] if args.split == "test" else 200), out=out,
+               max_steps=size["max_steps"], candidate=candidate, split=args.split)
     print(markdown(rows))
     print(f"wrote {out}/results.md, results.json, accuracy_vs_params.png in {time.perf_counter() - start:.0f} s")
     return 0

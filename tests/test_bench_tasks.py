@@ -80,7 +80,7 @@ def test_constraints_are_held_out_by_word_and_checked_exactly(bench):
     assert not words["train"] & words["test"]
     # tune_defaults trains on "tune" and validates on "val": the two halves of "train"
     for w in bench.constraint_words():
-        split = {s for s in ("train", "tune", "val", "test") if bench._in_split(w, s)}
+        split = {s for s in ("train", "tune", "val", "test") if bench.in_split(w, s)}
         assert split in ({"test"}, {"train", "tune"}, {"train", "val"}), (w, split)
     assert not words["val"] & (words["tune"] | words["test"])
     test = bench.constraints_task("test", 300)
@@ -232,3 +232,45 @@ def test_equal_time_gives_loreft_its_latest_checkpoint_within_loras_seconds(curv
     assert [(r["budget_s"], r["reft_step"], r["lora_step"]) for r in rows] == [(3, 32, 16), (6, 48, 32)]
     assert [r["diff"] for r in rows] == [0.5, 0.0]
     assert [c["step"] for c in curves.at_equal_steps(reft, lora)] == [16, 32]
+
+
+def test_levers_set_the_intervention_and_score_validation_rows(bench, tmp_path):
+    """--layers all, --tied and --r-update parametrized reach the trained intervention: every
+    block (3 here), prefix and suffix sharing one intervention (half the parameters), and R
+    through torch's orthogonal parametrisation, stepped by plain Adam, still orthonormal."""
+    _need_data()
+    lm = tiny_lm()
+    per = 2 * 4 * 32 + 4  # R, W (4, 32) and b (4,)
+    for candidate, params in (({"layers": "all"}, 3 * 2 * per), ({"layers": "all", "tied": True}, 3 * per)):
+        rows = bench.run(("rt_words",), ("loreft",), lm=lm, encoder=None, n_train=6, n_test=3, out=None,
+                         max_steps=2, candidate=candidate, split="val", log=lambda line: None)
+        assert rows[0]["params"] == params and rows[0]["split"] == "val" and len(rows[0]["hits"]) == 3
+    from minireft.hf.model import attach
+    from minireft.hf.training import make_optimizer
+
+    reft = attach(lm[0], bench.reft_config(lm[0], "loreft"), seed=0)
+    bench.parametrize_r(reft)
+    names = [n for n, _ in reft.named_trainable_parameters()]
+    assert any(n.endswith("parametrizations.R.original") for n in names) and not any(n.endswith(".R") for n in names)
+    optimizer, _ = make_optimizer(reft, lr=1e-1)
+    assert [g.get("manifold") for g in optimizer.param_groups] == [None]  # no Stiefel group: plain Adam
+    ids = torch.randint(3, 99, (2, 9))
+    for _ in range(3):
+        optimizer.zero_grad()
+        reft(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.square().mean().backward()
+        optimizer.step()
+    for module in reft.modules():
+        if hasattr(module, "parametrizations"):
+            R = module.R.detach().double()
+            assert torch.allclose(R @ R.T, torch.eye(R.shape[0], dtype=R.dtype), atol=1e-5)
+    reft.detach()
+
+
+def test_the_table_gives_each_method_its_paired_difference_from_lora(bench):
+    """LoReFT right on rows {0, 1, 2}, LoRA on {0, 2}: +0.250 on 4 rows, beside LoReFT's row only."""
+    rows = [{"task": "rt_words", "method": m, "params": 1, "accuracy": sum(h) / 4, "hits": h, "n_test": 4,
+             "majority": 0.5, "seconds": 1.0}
+            for m, h in (("loreft", [True, True, True, False]), ("lora", [True, False, True, False]))]
+    table = bench.markdown(rows).splitlines()
+    assert "| +0.250 [" in table[2] and "McNemar p 1" in table[2]
+    assert "| 0.500 |  | 4 | 0.500 |" in table[3]

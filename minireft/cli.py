@@ -279,7 +279,7 @@ def _read_examples(path, task: str) -> list[dict]:
     return read_jsonl(path, required=("prompt", "completion") if task == "lm" else ())
 
 
-def _reft_config(args, num_layers: int | None):
+def config_from_args(args, num_layers: int | None):
     """The ReftConfig of the flags (validated); --layers defaults to the recipe's blocks of a
     num_layers-block model. None when that default is needed but the depth is unknown."""
     from minireft import ReftConfig
@@ -333,11 +333,11 @@ def _run_train(args) -> int:
     try:
         rank = distributed.rank_and_world()[0]
         dims = preflight.model_dims(args.model)
-        config = _reft_config(args, dims[0] if dims else None)
+        config = config_from_args(args, dims[0] if dims else None)
         if config is not None:
             preflight.check_fits(config, dims, args.model)
         model, tokenizer = _load_base(args, args.task)
-        config = config or _reft_config(args, _dims_of(model)[0])
+        config = config or config_from_args(args, _dims_of(model)[0])
         reft_model = _build_model(args, config, model, train_examples)
         result = training.train(
             reft_model, tokenizer, train_examples, eval_examples=eval_examples, task=args.task,
@@ -692,7 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
 TORCH_COMMANDS = ("train", "generate", "demo", "eval")  # the subcommands that run a model
 
 
-def _needs_torch(command: str) -> str | None:
+def needs_torch(command: str) -> str | None:
     """None when torch and transformers import; else the one-line error with the pip commands."""
     import importlib
 
@@ -716,7 +716,7 @@ def main(argv=None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        problem = _needs_torch(args.command) if args.command in TORCH_COMMANDS else None
+        problem = needs_torch(args.command) if args.command in TORCH_COMMANDS else None
         if problem:
             print(problem, file=sys.stderr)
             return 2

@@ -42,7 +42,7 @@ def edit(h, attention_mask, prompt_lengths, config: ReftConfig, params: dict) ->
     """
     h = _check_h(h)
     columns = edited_positions(attention_mask, prompt_lengths, config, length=h.shape[1], batch=len(h))
-    math, params = _check_params(config, params, KINDS)
+    math, params = group_params(config, params, KINDS)
     out = h.copy()
     for group, per_row in columns.items():
         args = params[group]
@@ -67,7 +67,7 @@ def edit_vjp(h, attention_mask, prompt_lengths, config: ReftConfig, params: dict
         raise ValueError(f"dout must match h: shape {h.shape} dtype {h.dtype}, "
                          f"got shape {dout.shape} dtype {dout.dtype}")
     columns = edited_positions(attention_mask, prompt_lengths, config, length=h.shape[1], batch=len(h))
-    math, params = _check_params(config, params, KINDS)
+    math, params = group_params(config, params, KINDS)
     dh, grads = dout.copy(), {}
     for group, per_row in columns.items():
         args = params[group]
@@ -164,7 +164,7 @@ def _check_prompt_lengths(prompt_lengths, batch: int):
     return n
 
 
-def _check_params(config: ReftConfig, params: dict, kinds: dict):
+def group_params(config: ReftConfig, params: dict, kinds: dict):
     """(kinds[config.intervention], {group: [arrays in its PARAMS order]}); the torch mirror
     passes its own kinds."""
     if not isinstance(config, ReftConfig):
@@ -254,7 +254,7 @@ def _adapter_plan(k: int, entry):
                          f"{type(entry).__name__}")
     config, params = entry
     try:
-        math, ordered = _check_params(config, params, KINDS)
+        math, ordered = group_params(config, params, KINDS)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"adapters[{k}]: {exc}") from None
     return config, math, ordered

@@ -30,7 +30,7 @@ PAPER = ReftConfig(layers=[0, 2], rank=3, positions="f2+l2")
 LENGTHS = [9, 5, 2]  # the 2-token row takes the short-prompt rule (2 < p + s)
 
 
-def _logits(model, info, ids, mask, **kwargs):
+def logits_of(model, info, ids, mask, **kwargs):
     with torch.no_grad():
         return model(**tiny.model_inputs(info, ids, mask), **kwargs).logits
 
@@ -39,7 +39,7 @@ def _hooks(model):
     return {name: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for name, m in model.named_modules()}
 
 
-def _expected_positions(mask, prompt_lengths, p, s):
+def expected_positions(mask, prompt_lengths, p, s):
     """Set of (row, column) the spec edits: first real token + intervention_positions."""
     edited = set()
     for b in range(mask.shape[0]):
@@ -76,9 +76,9 @@ def test_position_index_matches_spec_rule():
 def test_identity_init_gives_base_logits(name):
     model, info = tiny.build(name)
     ids, mask = tiny.random_ids(LENGTHS, side="right")
-    base = _logits(model, info, ids, mask)
+    base = logits_of(model, info, ids, mask)
     reft = attach(model, ReftConfig(layers=[0, 1, 2], rank=4, positions="f2+l2", init="identity"))
-    got = _logits(reft, info, ids, mask)
+    got = logits_of(reft, info, ids, mask)
     diff = (got - base).abs().max().item()
     assert diff <= 1e-6, f"{name}: identity-init logits differ from the base by {diff:.3e} > 1e-6"
     assert reft._num_edits == 3, "every configured block must have run its edit"
@@ -88,7 +88,7 @@ def test_identity_init_gives_base_logits(name):
 def test_detach_removes_hooks_and_weights_never_change(name):
     model, info = tiny.build(name)
     ids, mask = tiny.random_ids(LENGTHS, side="right")
-    before = _logits(model, info, ids, mask)
+    before = logits_of(model, info, ids, mask)
     hooks, weights = _hooks(model), {k: v.clone() for k, v in model.state_dict().items()}
     grads = {k: p.requires_grad for k, p in model.named_parameters()}
     reft = attach(model, PAPER, seed=1)
@@ -103,7 +103,7 @@ def test_detach_removes_hooks_and_weights_never_change(name):
     for k, v in model.state_dict().items():
         assert torch.equal(v, weights[k]), f"{name}: base weight {k} changed"
     assert {k: p.requires_grad for k, p in model.named_parameters()} == grads
-    assert torch.equal(_logits(model, info, ids, mask), before), f"{name}: logits after detach differ"
+    assert torch.equal(logits_of(model, info, ids, mask), before), f"{name}: logits after detach differ"
     with pytest.raises(RuntimeError, match="detached"):
         reft(input_ids=ids, attention_mask=mask)
     attach(model, PAPER).detach()  # the model can be attached again
@@ -119,13 +119,13 @@ def test_row_logits_independent_of_batch_and_padding_side(name, tied):
     worst = 0.0
     for side in sides:
         ids, mask = tiny.random_ids(LENGTHS, side=side, seed=3)
-        batch = _logits(reft, info, ids, mask)
+        batch = logits_of(reft, info, ids, mask)
         for b in range(len(LENGTHS)):
-            alone = _logits(reft, info, *tiny.row_alone(ids, mask, b))[0]
+            alone = logits_of(reft, info, *tiny.row_alone(ids, mask, b))[0]
             diff = (batch[b][mask[b].bool()] - alone).abs().max().item()
             worst = max(worst, diff)
             assert diff <= 1e-5, f"{name} {side}-padded row {b}: logits differ from alone by {diff:.3e}"
-    base = _logits(reft.detach(), info, ids, mask)
+    base = logits_of(reft.detach(), info, ids, mask)
     assert (base - batch).abs().max() > 1e-3, "a paper-init adapter must change the logits"
 
 
@@ -139,14 +139,14 @@ def test_edit_lands_exactly_at_the_computed_positions(name, side):
     block = find_blocks(model)[1][1]
     seen = []
     capture = block.register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
-    base = _logits(model, info, ids, mask, output_hidden_states=True)  # also installs HF's recorder hooks
+    base = logits_of(model, info, ids, mask, output_hidden_states=True)  # also installs HF's recorder hooks
     reft = attach(model, ReftConfig(layers=[1], rank=2, positions="f1+l2"))
     with torch.no_grad():
         out = reft(**tiny.model_inputs(info, ids, mask), prompt_lengths=prompt_lengths, output_hidden_states=True)
     capture.remove()
     changed = (seen[1] - seen[0]).abs().amax(-1) > 0  # (B, L)
     got = {tuple(x) for x in changed.nonzero().tolist()}
-    assert got == _expected_positions(mask, prompt_lengths, 1, 2), f"{name}: edited {sorted(got)}"
+    assert got == expected_positions(mask, prompt_lengths, 1, 2), f"{name}: edited {sorted(got)}"
     # The hook is the mirror of the spec: the block's output is minireft.edit of the base one.
     spec = edit(seen[0].numpy(), mask.numpy(), prompt_lengths.numpy(), reft.config,
                 layer_params(reft.adapter_state(), 1))
@@ -344,10 +344,10 @@ def test_cuda_bf16_model(name):
     model, info = tiny.build(name, dtype=torch.bfloat16)
     model.cuda()
     ids, mask = (t.cuda() for t in tiny.random_ids(LENGTHS, side="right"))
-    base = _logits(model, info, ids, mask)
+    base = logits_of(model, info, ids, mask)
     ident = attach(model, ReftConfig(layers=[0, 2], positions="f2+l2", init="identity"))
     assert all(p.is_cuda and p.dtype == torch.float32 for _, p in ident.named_trainable_parameters())
-    assert torch.equal(_logits(ident, info, ids, mask), base)
+    assert torch.equal(logits_of(ident, info, ids, mask), base)
     ident.detach()
     reft = attach(model, PAPER)
     losses = tiny.train_steps(reft, ids, mask, steps=2)

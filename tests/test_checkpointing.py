@@ -49,7 +49,7 @@ def _gradients(model, *, checkpointing: bool, dropout: float = 0.0) -> tuple[dic
     return grads, len(attention_calls)
 
 
-def _max_relative(a: dict, b: dict) -> float:
+def max_relative(a: dict, b: dict) -> float:
     return max(((a[n] - b[n]).norm() / b[n].norm()).item() for n in b)
 
 
@@ -59,7 +59,7 @@ def test_checkpointing_gives_the_same_gradients(dropout):
     plain, calls_plain = _gradients(model, checkpointing=False, dropout=dropout)
     ckpt, calls_ckpt = _gradients(model, checkpointing=True, dropout=dropout)
     assert calls_plain == 1 and calls_ckpt == 2, "block 1 was not recomputed in backward"
-    err = _max_relative(ckpt, plain)
+    err = max_relative(ckpt, plain)
     assert err <= 1e-6, f"checkpointed gradients differ by {err:.2e} (relative)"
     assert not model.is_activation_checkpointing, "checkpointing left enabled after training"
 
@@ -105,7 +105,7 @@ def test_a_recomputed_hook_edits_as_in_the_first_pass():
     plain, _ = _gradients(model, checkpointing=False)
     ours, edits = _hooks_inside_gradients(lambda r: r._checkpoint_contexts)
     assert edits == 6, "each hooked block is edited once in forward and once in its recompute"
-    err = _max_relative(ours, plain)
+    err = max_relative(ours, plain)
     assert err <= 1e-6, f"recomputed edits differ: gradients off by {err:.2e} (relative)"
     # Without the plan reinstated the recompute runs unedited: torch sees a different
     # computation (fewer saved tensors) and stops; nothing goes silently wrong.

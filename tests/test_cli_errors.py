@@ -86,7 +86,7 @@ def test_check_runs_without_torch():
 def test_the_guard_passes_when_torch_imports():
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    assert cli._needs_torch("train") is None
+    assert cli.needs_torch("train") is None
 
 
 # ---------------------------------------------------------------- a missing model path

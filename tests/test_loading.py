@@ -298,7 +298,7 @@ def test_a_file_that_is_no_real_gguf_fails_naming_it(tmp_path):
 def test_a_tokenizer_that_needs_sentencepiece_names_the_pip_command():
     err = ValueError("Couldn't instantiate the backend tokenizer.\nYou need to have sentencepiece "
                      "or tiktoken installed to convert a slow tokenizer to a fast one.")
-    text = loading._cause(err)
+    text = loading.error_line(err)
     assert "pip install sentencepiece" in text and "\n" not in text and text.startswith("ValueError")
 
 

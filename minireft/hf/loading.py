@@ -228,7 +228,7 @@ def load_gguf(path=None, dtype: torch.dtype = torch.float32):
         tokenizer = AutoTokenizer.from_pretrained(path.parent, **kw)
         model = AutoModelForCausalLM.from_pretrained(path.parent, **kw, **_dtype_kwargs(dtype))
     except (OSError, ValueError, ImportError, KeyError, NotImplementedError) as err:
-        raise OSError(f"could not convert the GGUF file {path}: {_cause(err)}") from err
+        raise OSError(f"could not convert the GGUF file {path}: {error_line(err)}") from err
     # GGUF weights are dequantised on load; what remains of the quantizer only blocks
     # .half()/.float() and would be written into config.json by save_pretrained.
     model.hf_quantizer = None
@@ -325,7 +325,7 @@ def _load_cached_gguf(kind: str, path: Path, root: Path, dtype: torch.dtype):
 # ---------------------------------------------------------------- loading
 
 
-def _cause(err: BaseException) -> str:
+def error_line(err: BaseException) -> str:
     """The error on one line, with the pip command for a tokenizer package it asks for."""
     text = " ".join(str(err).split())
     for package, command in _TOKENIZER_PACKAGES.items():
@@ -342,7 +342,7 @@ def _load_pretrained(source, dtype: torch.dtype, what: str | None = None):
         tokenizer = AutoTokenizer.from_pretrained(source, **kw)
         model = AutoModelForCausalLM.from_pretrained(source, **kw, **_dtype_kwargs(dtype))
     except (OSError, ValueError, ImportError, KeyError) as err:
-        raise OSError(f"load_model could not load {what or source}: {_cause(err)}") from err
+        raise OSError(f"load_model could not load {what or source}: {error_line(err)}") from err
     model.eval()
     prepare_tokenizer(tokenizer, model.config)
     return model, tokenizer

@@ -21,7 +21,7 @@ import functools
 import torch
 
 from minireft.config import ReftConfig
-from minireft.edit import _check_params
+from minireft.edit import group_params
 from minireft.torch.modules import KINDS  # config.intervention -> the mirror's math
 
 
@@ -33,7 +33,7 @@ def edit(h, attention_mask, prompt_lengths, config: ReftConfig, params: dict) ->
     """
     plan = EditPlan.from_mask(attention_mask, prompt_lengths, config)
     _check_h(h, attention_mask)
-    math, params = _check_params(config, params, KINDS)
+    math, params = group_params(config, params, KINDS)
     return plan.apply(h, {g: functools.partial(_phi, math, args) for g, args in params.items()})
 
 
@@ -44,7 +44,7 @@ def edit_vjp(h, attention_mask, prompt_lengths, config: ReftConfig, params: dict
     _check_h(h, attention_mask)
     if not isinstance(dout, torch.Tensor) or dout.shape != h.shape or dout.dtype != h.dtype:
         raise ValueError(f"dout must match h: shape {tuple(h.shape)} dtype {h.dtype}")
-    math, params = _check_params(config, params, KINDS)
+    math, params = group_params(config, params, KINDS)
     dh, grads = dout, {}
     for group, args in params.items():
         index = plan.index(group, h.device)
@@ -209,7 +209,7 @@ def packed_edit(h, positions, prompt_lengths, adapter_ids, adapters) -> torch.Te
                              f"{type(entry).__name__}")
         config, params = entry
         try:
-            math, ordered = _check_params(config, params, KINDS)
+            math, ordered = group_params(config, params, KINDS)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"adapters[{k}]: {exc}") from None
         configs.append(config)

@@ -560,7 +560,7 @@ def write_report(rows: list[dict], out: Path) -> None:
     plot(rows, out / "accuracy_vs_params.png")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes: every path in a few minutes")
     p.add_argument("--tasks", nargs="+", choices=(*TASKS, "all"), default=list(DEFAULT_TASKS),
@@ -590,15 +590,25 @@ def main(argv=None) -> int:
     cand.add_argument("--lr", type=float)
     cand.add_argument("--min-steps", type=int)
     cand.add_argument("--seed", type=int)
-    args = p.parse_args(argv)
-    if "all" in args.tasks:
-        args.tasks = list(TASKS)
-    if args.curve:
-        return curve_main(args)
+    return p
+
+
+def candidate_of(args) -> dict:
+    """The ReFT candidate the flags ask for: {field: value} of what departs from the defaults."""
     candidate = {k: getattr(args, k) for k in (*CONFIG_FIELDS, *TRAIN_FIELDS, "seed", "r_update")
                  if getattr(args, k) is not None}
     if candidate.get("layers", "all") != "all":
         candidate["layers"] = tuple(int(x) for x in candidate["layers"].split(","))
+    return candidate
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if "all" in args.tasks:
+        args.tasks = list(TASKS)
+    if args.curve:
+        return curve_main(args)
+    candidate = candidate_of(args)
     size = SIZES["quick" if args.quick else "default"]
     import torch
 

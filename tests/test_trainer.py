@@ -298,6 +298,23 @@ def test_activation_checkpointing_gives_the_same_gradients(tmp_path):
         assert torch.equal(runs[1][n], runs[0][n]), n
 
 
+def test_a_cpu_run_turns_pin_memory_off_without_a_warning_and_leaves_the_callers_args(tmp_path):
+    """TrainingArguments pins memory by default; on a CPU torch's DataLoader warned that it is
+    unused once per epoch (twice in the README's example). ReftTrainer turns it off in a copy."""
+    import warnings
+
+    args = make_args(tmp_path, use_cpu=False, max_steps=4)  # the default device (use_cpu=True unpins)
+    if args.device.type != "cpu":
+        pytest.skip(f"the default device is {args.device}, where pinned memory is used")
+    assert args.dataloader_pin_memory, "TrainingArguments' default changed: this test shows nothing"
+    trainer = ReftTrainer(new_reft(), args, train_dataset=rows(4))  # 4 steps of 2 rows: two epochs
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    assert not [str(w.message) for w in caught if "pin_memory" in str(w.message)]
+    assert args.dataloader_pin_memory and not trainer.args.dataloader_pin_memory
+
+
 def test_collator_names_the_fix_when_prompt_length_is_dropped():
     row = {k: v for k, v in rows(1)[0].items() if k != "prompt_length"}
     with pytest.raises(KeyError, match="remove_unused_columns=False"):

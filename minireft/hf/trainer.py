@@ -32,6 +32,7 @@ tokens with the tokenizer, and a ReftModel's config is its (frozen) ReftConfig.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import uuid
@@ -132,6 +133,11 @@ class ReftTrainer(transformers.Trainer):
             data_collator = ReftDataCollator(pad_id(processing_class) if processing_class is not None else 0)
         self.reft_model = model
         super().__init__(_TrainerModel(model), args, data_collator, processing_class=processing_class, **kwargs)
+        if self.args.device.type == "cpu" and self.args.dataloader_pin_memory:
+            # Pinned memory only speeds copies to an accelerator; on a CPU torch's DataLoader warns
+            # that it is unused, once per epoch. A copy, so the caller's arguments stay as given.
+            self.args = copy.copy(self.args)
+            self.args.dataloader_pin_memory = False
         if self.args.n_gpu > 1:
             raise ValueError(f"{self.args.n_gpu} GPUs in one process would train under nn.DataParallel, whose "
                              "replicas do not share the edit's hooks; launch one process per GPU (torchrun) "

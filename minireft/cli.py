@@ -666,6 +666,38 @@ def _run_convert(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- serve
+
+
+def _add_serve(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "serve",
+        help="serve adapters on vLLM's OpenAI-compatible server (needs the serve extra)",
+        description="Start vLLM's OpenAI-compatible server on the Hugging Face model folder M with "
+                    "every adapter loaded; a request's \"model\" field names an adapter (or the base "
+                    "model's name for the bare model), /v1/models lists them, and one batch mixes "
+                    "them. Adapters, the model and the port are checked before vLLM starts. vLLM "
+                    "pins its own transformers: install it with scripts/setup_serve.sh and run "
+                    ".venv-serve/bin/minireft serve ...")
+    p.add_argument("--model", required=True, metavar="M", help="the base model's Hugging Face folder")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
+                   help="an adapter folder served under NAME; repeat for several")
+    p.add_argument("--name", help="the bare model's name in requests (default: M's folder name)")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="the port to listen on (default: %(default)s)")
+    return p
+
+
+@_one_line_errors("serve")
+def _run_serve(args) -> int:
+    from minireft.serve.server import run
+
+    if not args.adapter:
+        raise ValueError("give at least one --adapter NAME=DIR (plain vLLM serves the bare model)")
+    run(args.model, args.adapter, host=args.host, port=args.port, name=args.name)
+    return 0  # not reached: run() becomes the vLLM server
+
+
 SUBCOMMANDS = {
     "check": (_add_check, _run_check),
     "train": (_add_train, _run_train),
@@ -673,6 +705,7 @@ SUBCOMMANDS = {
     "demo": (_add_demo, _run_demo),
     "eval": (_add_eval, _run_eval),
     "convert": (_add_convert, _run_convert),
+    "serve": (_add_serve, _run_serve),
 }
 
 

@@ -146,14 +146,16 @@ def hidden_size_of(model: nn.Module) -> int:
     return int(d)
 
 
-def _check_layers(config: ReftConfig, n_blocks: int, path: str) -> None:
+def check_layers(config: ReftConfig, n_blocks: int, path: str) -> None:
+    """Refuse a config whose layers are not all in 0..n_blocks − 1 (path names the blocks)."""
     bad = [layer for layer in config.layers if layer >= n_blocks]
     if bad:
         raise ValueError(f"layer(s) {bad} out of range: {path!r} has {n_blocks} blocks, so valid layers are "
                          f"0..{n_blocks - 1}")
 
 
-def _device_of(module: nn.Module) -> torch.device:
+def device_of(module: nn.Module) -> torch.device:
+    """The device of the module's first parameter (or buffer); CPU for a module with neither."""
     tensor = next(module.parameters(), None)
     if tensor is None:
         tensor = next(module.buffers(), None)

@@ -61,8 +61,8 @@ from torch import nn
 from minireft import io
 from minireft.config import ReftConfig
 from minireft.hf.blocks import (
-    _check_layers,
-    _device_of,
+    check_layers,
+    device_of,
     find_blocks,
     find_component,
     hidden_size_of,
@@ -235,7 +235,7 @@ class ReftModel(nn.Module):
             raise TypeError(f"config must be a ReftConfig, got {type(config).__name__}")
         path, blocks = find_blocks(self.model, config.module_path)
         config.tensor_shapes(self.hidden_size)  # raises if rank > hidden size
-        _check_layers(config, len(blocks), path)
+        check_layers(config, len(blocks), path)
         self.adapters[name] = self._build_interventions(config, blocks, seed)
         self._configs[name] = config
         self._module_paths[name] = path
@@ -324,7 +324,7 @@ class ReftModel(nn.Module):
         return nn.ModuleDict({
             str(layer): nn.ModuleDict({
                 group: Intervention(c.intervention, self.hidden_size, c.rank, init=c.init, dropout=c.dropout,
-                                    dtype=DTYPES[c.dtype], device=_device_of(blocks[layer]),
+                                    dtype=DTYPES[c.dtype], device=device_of(blocks[layer]),
                                     generator=generator)
                 for group in c.groups})
             for layer in c.layers})

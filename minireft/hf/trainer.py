@@ -45,11 +45,10 @@ import transformers
 from torch import nn
 
 from minireft import io
-from minireft.hf.data import collate, pad_id
 from minireft.hf.batching import CHUNK_OVERHEAD_TOKENS, length_chunks
+from minireft.hf.data import collate, pad_id
 from minireft.hf.model import ReftModel
 from minireft.hf.loss import lm_loss_sum, target_logits
-from minireft.hf.training import CHUNK_OVERHEAD_TOKENS, length_chunks
 from minireft.torch.optim import ReftOptimizer
 
 ENCODED_FIELDS = ("input_ids", "labels", "prompt_length")  # one row of encode_examples

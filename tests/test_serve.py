@@ -149,3 +149,13 @@ def test_vllm_generates_what_minireft_generates_on_a_tiny_llama(tmp_path):
     assert kept >= 15, summary
     assert all(v == f"{kept}/{kept}" for v in summary["matches"].values()), summary
     assert len(summary["matches"]) == 8  # alone and mixed, 3 adapters and the bare model
+
+
+def test_the_cache_salt_is_one_vllm_accepts():
+    """vLLM refuses a salt over 128 characters or holding '@', '/', '\\' or NUL (HTTP 400)."""
+    name = served.parse_specs(["a" * 64 + "=x"])[0][0]
+    for key in (12345, "f" * 32):
+        s = salt(name, key)
+        assert len(s) <= 128 and not set(s) & {"@", "/", "\\", "\0"}, s
+    with pytest.raises(ValueError, match="at most 64"):
+        served.parse_specs(["a" * 65 + "=x"])

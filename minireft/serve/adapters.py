@@ -19,7 +19,7 @@ EXTRA_ARG = "minireft_adapter"  # SamplingParams.extra_args key naming a request
 # The vLLM architectures whose decoder layers return (hidden_states, residual) from a list at
 # model.layers, the form minireft.serve.model hooks; others are refused at start.
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def parse_specs(specs) -> list[tuple[str, str]]:
         if not sep or not name or not path:
             raise ValueError(f"--adapter {spec!r}: expected NAME=DIR, e.g. --adapter sentiment=runs/sst")
         if not _NAME.match(name):
-            raise ValueError(f"--adapter {spec!r}: the name must be letters, digits and . _ : - "
+            raise ValueError(f"--adapter {spec!r}: the name must be at most 64 letters, digits and . _ : - "
                              f"(it is a request's \"model\" field)")
         if name in seen:
             raise ValueError(f"two adapters are named {name!r} ({seen[name]} and {path}); give each a "

@@ -21,7 +21,8 @@ PROMPT_FIELDS = ("prompt", "messages", "chat_template", "chat_template_kwargs", 
 
 
 def salt(name: str, key) -> str:
-    """The cache salt of an adapter's prompt: "minireft/{name}/{key}".
+    """The cache salt of an adapter's prompt: "minireft|{name}|{key}" (vLLM refuses a salt with
+    "/" or "@", or over 128 characters: names are at most 64 of [A-Za-z0-9._:-]).
 
     Why the key: a prompt's suffix positions depend on its length n (the last s tokens), so an
     edited block's states depend on n and on the adapter; blocks may be shared only between
@@ -29,7 +30,7 @@ def salt(name: str, key) -> str:
     server sees text, so its key hashes the fields that decide the tokens: identical prompts
     share cached blocks, different ones never do. The bare model keeps vLLM's own caching.
     """
-    return f"minireft/{name}/{key}"
+    return f"minireft|{name}|{key}"
 
 
 def prompt_key(data: dict) -> str:

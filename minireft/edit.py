@@ -213,7 +213,7 @@ def packed_edit(h, positions, prompt_lengths, adapter_ids, adapters) -> np.ndarr
     h = _check_packed_h(h)
     t, n, a = _check_token_ints(len(h), positions=positions, prompt_lengths=prompt_lengths,
                                 adapter_ids=adapter_ids)
-    plans = [_adapter_plan(k, entry) for k, entry in enumerate(_check_adapters(adapters, a))]
+    plans = [adapter_plan(k, entry) for k, entry in enumerate(_check_adapters(adapters, a))]
     out = h.copy()
     for start, stop in _runs(t, n, a):
         if a[start] < 0 or plans[a[start]] is None:
@@ -245,8 +245,9 @@ def _runs(t, n, a):
     return list(zip(edges[:-1], edges[1:]))
 
 
-def _adapter_plan(k: int, entry):
-    """(config, math, {group: [arrays]}) of adapters[k], or None."""
+def adapter_plan(k: int, entry, kinds=KINDS):
+    """(config, math, {group: [arrays]}) of adapters[k] = (config, params), or None for None;
+    kinds maps config.intervention to its math (the mirror passes its own)."""
     if entry is None:
         return None
     if not isinstance(entry, (tuple, list)) or len(entry) != 2:
@@ -254,7 +255,7 @@ def _adapter_plan(k: int, entry):
                          f"{type(entry).__name__}")
     config, params = entry
     try:
-        math, ordered = group_params(config, params, KINDS)
+        math, ordered = group_params(config, params, kinds)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"adapters[{k}]: {exc}") from None
     return config, math, ordered

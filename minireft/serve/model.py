@@ -17,7 +17,7 @@ import torch
 
 from minireft.serve.adapters import ARCHITECTURES, from_env, load_all
 from minireft.serve.tracker import ReftBatchTracker
-from minireft.torch.edit import PackedPlan, _phi
+from minireft.torch.edit import PackedPlan, apply_phi
 from minireft.torch.modules import KINDS
 
 
@@ -32,7 +32,7 @@ class ServedAdapters:
             for layer in adapter.config.layers:
                 for group, p in adapter.layer(layer).items():
                     args = [torch.from_numpy(p[name]).to(device) for name in math.PARAMS]
-                    self.phis.setdefault(layer, {})[(k, group)] = functools.partial(_phi, math, args)
+                    self.phis.setdefault(layer, {})[(k, group)] = functools.partial(apply_phi, math, args)
         self.plan = None
 
     def begin(self, positions: torch.Tensor) -> None:

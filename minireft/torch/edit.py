@@ -21,7 +21,7 @@ import functools
 import torch
 
 from minireft.config import ReftConfig
-from minireft.edit import group_params
+from minireft.edit import adapter_plan, group_params
 from minireft.torch.modules import KINDS  # config.intervention -> the mirror's math
 
 
@@ -34,7 +34,7 @@ def edit(h, attention_mask, prompt_lengths, config: ReftConfig, params: dict) ->
     plan = EditPlan.from_mask(attention_mask, prompt_lengths, config)
     _check_h(h, attention_mask)
     math, params = group_params(config, params, KINDS)
-    return plan.apply(h, {g: functools.partial(_phi, math, args) for g, args in params.items()})
+    return plan.apply(h, {g: functools.partial(apply_phi, math, args) for g, args in params.items()})
 
 
 def edit_vjp(h, attention_mask, prompt_lengths, config: ReftConfig, params: dict, dout):
@@ -55,7 +55,7 @@ def edit_vjp(h, attention_mask, prompt_lengths, config: ReftConfig, params: dict
     return dh, grads
 
 
-def _phi(math, args, x):
+def apply_phi(math, args, x):
     """Φ(x) in the parameters' dtype, cast back to x's (SPEC §10), with the analytic backward."""
     return math.apply(x.to(args[0].dtype), *args).to(x.dtype)
 
@@ -201,19 +201,13 @@ def packed_edit(h, positions, prompt_lengths, adapter_ids, adapters) -> torch.Te
         raise ValueError(f"h must be a (tokens, hidden) tensor, got {getattr(h, 'shape', type(h).__name__)}")
     configs, phis = [], {}
     for k, entry in enumerate(adapters):
-        if entry is None:
+        plan = adapter_plan(k, entry, KINDS)
+        if plan is None:
             configs.append(None)
             continue
-        if not isinstance(entry, (tuple, list)) or len(entry) != 2:
-            raise ValueError(f"adapters[{k}] must be a (ReftConfig, params) pair or None, got "
-                             f"{type(entry).__name__}")
-        config, params = entry
-        try:
-            math, ordered = group_params(config, params, KINDS)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"adapters[{k}]: {exc}") from None
+        config, math, ordered = plan
         configs.append(config)
-        phis.update({(k, g): functools.partial(_phi, math, args) for g, args in ordered.items()})
+        phis.update({(k, g): functools.partial(apply_phi, math, args) for g, args in ordered.items()})
     plan = PackedPlan.from_tokens(positions, prompt_lengths, adapter_ids, configs, len(h), h.device)
     out = plan.apply(h, phis)
     return h.clone() if out is h else out  # a new tensor, as the spec returns

@@ -72,9 +72,11 @@ part "4/4 serving on vLLM (CUDA)"
 SERVE_PY=${SERVE_PY:-.venv-serve/bin/python}
 if [ -x "$SERVE_PY" ] && "$SERVE_PY" -c 'import vllm, minireft.serve' 2>/dev/null; then
     timeout 600 "$SERVE_PY" scripts/serve_check.py --json "$LOG/serve.json" 2>&1 | tail -20
-    [ "${PIPESTATUS[0]}" -eq 0 ] || fail "serve_check (exit ${PIPESTATUS[0]})"
+    status=${PIPESTATUS[0]}
+    [ "$status" -eq 0 ] || fail "serve_check (exit $status)"
     timeout 600 "$SERVE_PY" scripts/bench_serve.py 2>&1 | tail -25
-    [ "${PIPESTATUS[0]}" -eq 0 ] || fail "bench_serve (exit ${PIPESTATUS[0]})"
+    status=${PIPESTATUS[0]}
+    [ "$status" -eq 0 ] || fail "bench_serve (exit $status)"
 else
     echo "skipped: $SERVE_PY cannot import vllm and minireft.serve (set SERVE_PY to an environment with vLLM's CUDA build)"
 fi

@@ -3,7 +3,7 @@
 Each lever is a set of scripts/bench_tasks.py candidate flags (LEVERS). For every task and
 seed, `--run` trains LoReFT with the defaults and with each lever through bench_tasks.py
 --split val (validation rows carved from the training split: the test rows stay unseen),
-each run written to results/bench_tasks/val/<lever>_seed<s>/results.json. The report pairs
+each run written to results/bench_tasks/[<folder>/]val/<lever>_seed<s>/results.json. The report pairs
 each lever with the defaults of the same seed on the same rows: the paired difference with
 its 95% bootstrap interval (scripts/paired.py), pooled over seeds by stacking the rows.
 
@@ -37,7 +37,7 @@ LEVERS = {
     "rank8": ["--rank", "8"],
     "parametrized": ["--r-update", "parametrized"],  # plain Adam, R = orthogonal parametrisation
 }
-VAL = ROOT / "results" / "bench_tasks" / "val"
+RESULTS = ROOT / "results" / "bench_tasks"
 
 
 def run(tasks, seeds, levers, threads: int) -> None:
@@ -51,10 +51,10 @@ def run(tasks, seeds, levers, threads: int) -> None:
             subprocess.run(cmd, check=True)
 
 
-def load(val: Path = VAL) -> dict:
-    """{(task, lever, seed): row} from every results.json under val/."""
+def load(root: Path = RESULTS) -> dict:
+    """{(task, lever, seed): row} from every val/<lever>_seed<s>/results.json under root."""
     rows = {}
-    for path in sorted(val.glob("*_seed*/results.json")):
+    for path in sorted(root.glob("**/val/*_seed*/results.json")):
         lever, seed = path.parent.name.rsplit("_seed", 1)
         for r in json.loads(path.read_text()):
             if r.get("hits"):
@@ -96,10 +96,10 @@ def main(argv=None) -> int:
         run(args.tasks, args.seeds, args.levers, args.threads)
     rows = load()
     if not rows:
-        print(f"nothing under {VAL} yet: --run first")
+        print(f"nothing under {RESULTS} yet: --run first")
         return 1
     text = report(rows)
-    (VAL / "levers.md").write_text(text)
+    (RESULTS / "levers.md").write_text(text)
     print(text)
     return 0
 

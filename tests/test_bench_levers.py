@@ -11,8 +11,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import bench_levers  # noqa: E402
 
 
-def _write(val: Path, label: str, hits: list[bool]) -> None:
-    folder = val / label
+def _write(root: Path, label: str, hits: list[bool]) -> None:
+    folder = root / "val" / label
     folder.mkdir(parents=True)
     row = {"task": "format", "method": "loreft", "params": 10, "accuracy": sum(hits) / len(hits), "hits": hits,
            "n_test": len(hits), "majority": None, "seconds": 2.0}

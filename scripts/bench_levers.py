@@ -3,7 +3,7 @@
 Each lever is a set of scripts/bench_tasks.py candidate flags (LEVERS). For every task and
 seed, `--run` trains LoReFT with the defaults and with each lever through bench_tasks.py
 --split val (validation rows carved from the training split: the test rows stay unseen),
-each run written to results/bench_tasks/[<folder>/]val/<lever>_seed<s>/results.json. The report pairs
+each run written to results/bench_tasks/levers_<tasks>/val/<lever>_seed<s>/results.json. The report pairs
 each lever with the defaults of the same seed on the same rows: the paired difference with
 its 95% bootstrap interval (scripts/paired.py), pooled over seeds by stacking the rows.
 
@@ -46,6 +46,7 @@ def run(tasks, seeds, levers, threads: int) -> None:
         for lever in levers:
             cmd = [sys.executable, str(ROOT / "scripts" / "bench_tasks.py"), "--split", "val", "--methods",
                    "loreft", "--threads", str(threads), "--tasks", *tasks, "--seed", str(seed),
+                   "--out", str(RESULTS / ("levers_" + "_".join(tasks))),
                    "--label", f"{lever}_seed{seed}", *LEVERS[lever]]
             print(" ".join(cmd[1:]), flush=True)
             subprocess.run(cmd, check=True)

@@ -570,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(scripts/bench_curves.py); writes <out>/curves/")
     p.add_argument("--lrs", nargs="+", type=float, help="--curve: this lr grid for the one method of --methods")
     p.add_argument("--curve-steps", nargs="+", type=int,
-                   help="--curve: the checkpoints, the last the run's length (default 16 32 64 128 256)")
+                   help="--curve: the checkpoints, the last the run's length (default: bench_curves.CURVE_STEPS)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--n-train", type=int, help="training rows per task (default 256; --quick 8)")
     p.add_argument("--n-test", type=int, help="held-out rows per task (default 300; --quick 4)")

@@ -156,12 +156,14 @@ def run(bench, tasks, *, lm, encoder, out: Path, methods=("loreft", "lora"), lrs
 
 
 def read_runs(path: Path) -> list[dict]:
-    """runs.jsonl, the last run of each (task, method, lr, steps) kept (a rerun replaces it)."""
+    """runs.jsonl, the last run of each (task, method, lr, length) kept: a rerun replaces it,
+    and so does a run of the same length scored at other checkpoints (the same training: the
+    schedule depends on the length only)."""
     latest = {}
     for line in path.read_text().splitlines():
         if line.strip():
             r = json.loads(line)
-            latest[(r["task"], r["method"], r["lr"], tuple(r["steps"]))] = r
+            latest[(r["task"], r["method"], r["lr"], r["steps"][-1])] = r
     return list(latest.values())
 
 

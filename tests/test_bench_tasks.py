@@ -95,7 +95,8 @@ def test_last_number_reads_the_final_number(bench):
     assert bench.last_number("no number") is None
 
 
-@pytest.mark.parametrize("methods", [("zero-shot", "loreft", "direft"), ("lora",)], ids=["reft", "lora"])
+@pytest.mark.parametrize("methods", [("zero-shot", "loreft", "direft"), ("loreft", "lora", "lora-time")],
+                         ids=["reft", "lora"])
 def test_every_task_and_method_runs_and_reports(bench, tmp_path, methods):
     _need_data()
     if "lora" in methods:
@@ -109,10 +110,13 @@ def test_every_task_and_method_runs_and_reports(bench, tmp_path, methods):
     for r in rows:
         assert 0.0 <= r["accuracy"] <= 1.0 and r["n_test"] == 3
         trained = r["method"] != "zero-shot" or r["task"] == "rotten_tomatoes"  # head-only probe
-        assert (r["steps"] == 2) == trained, r
+        if r["method"] == "lora-time":  # the steps LoReFT's CPU seconds buy at LoRA's price
+            assert r["steps"] == bench.equal_time_steps(by_method(rows, r, "loreft"), by_method(rows, r, "lora"))
+        else:
+            assert (r["steps"] == 2) == trained, r
         assert (r["params"] > 0) == trained, r
     by = {(r["task"], r["method"]): r for r in rows}
-    if "loreft" in methods:  # default LoReFT vs DiReFT: same shapes, DiReFT has no R but 2 W's
+    if "direft" in methods:  # default LoReFT vs DiReFT: same shapes, DiReFT has no R but 2 W's
         assert by[("piqa", "loreft")]["params"] == by[("piqa", "direft")]["params"]
         head = 32 * 2 + 2
         assert by[("rotten_tomatoes", "zero-shot")]["params"] == head
@@ -122,6 +126,10 @@ def test_every_task_and_method_runs_and_reports(bench, tmp_path, methods):
     assert table.count("\n") == len(rows) + 2
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "accuracy_vs_params.png").stat().st_size > 0
+
+
+def by_method(rows, row, method):
+    return next(r for r in rows if r["task"] == row["task"] and r["method"] == method)
 
 
 def test_a_reft_candidate_replaces_the_defaults_for_reft_rows_only(bench, tmp_path):
@@ -269,8 +277,36 @@ def test_levers_set_the_intervention_and_score_validation_rows(bench, tmp_path):
 def test_the_table_gives_each_method_its_paired_difference_from_lora(bench):
     """LoReFT right on rows {0, 1, 2}, LoRA on {0, 2}: +0.250 on 4 rows, beside LoReFT's row only."""
     rows = [{"task": "rt_words", "method": m, "params": 1, "accuracy": sum(h) / 4, "hits": h, "n_test": 4,
-             "majority": 0.5, "seconds": 1.0}
+             "majority": 0.5, "seconds": 1.0, "steps": 4}
             for m, h in (("loreft", [True, True, True, False]), ("lora", [True, False, True, False]))]
     table = bench.markdown(rows).splitlines()
     assert "| +0.250 [" in table[2] and "McNemar p 1" in table[2]
-    assert "| 0.500 |  | 4 | 0.500 |" in table[3]
+    assert "| 0.500 |  |  | 4 | 0.500 |" in table[3]
+
+
+def test_lora_at_equal_time_gets_the_steps_loreft_s_cpu_seconds_buy(bench):
+    """LoReFT 64 steps in 100 CPU s, LoRA 64 in 160 s: a LoRA step costs 2.5 s, so 40 steps."""
+    assert bench.equal_time_steps({"cpu_seconds": 100.0}, {"cpu_seconds": 160.0, "steps": 64}) == 40
+    assert bench.equal_time_steps({"cpu_seconds": 0.01}, {"cpu_seconds": 160.0, "steps": 64}) == 1
+    with pytest.raises(ValueError, match="put both before it in --methods"):
+        bench.run_method("lora-time", None, None, None, chat_template=False, earlier={"loreft": {}})
+    hits = {"loreft": [True, True, True, False], "lora": [True, True, True, True],
+            "lora-time": [True, False, True, False]}
+    rows = [{"task": "rt_words", "method": m, "params": 1, "accuracy": sum(h) / 4, "hits": h, "n_test": 4,
+             "majority": 0.5, "seconds": 1.0, "cpu_seconds": 2.0, "steps": 4} for m, h in hits.items()]
+    loreft, lora, lora_time = bench.markdown(rows).splitlines()[2:]
+    assert "| -0.250 [" in loreft and "| +0.250 [" in loreft  # behind at equal steps, ahead at equal time
+    assert lora_time.count("[") == 0 and lora_time.endswith("| 4 | 2 |")
+
+
+def test_runs_made_in_parts_merge_into_one_report(bench, tmp_path):
+    parts = []
+    for i, task in enumerate(("rt_words", "format")):
+        rows = [{"task": task, "method": "lora", "params": 1, "accuracy": 0.5, "hits": [True, False],
+                 "n_test": 2, "majority": None, "seconds": 1.0, "steps": 4}]
+        bench.write_report(rows, tmp_path / f"part{i}")
+        parts.append(str(tmp_path / f"part{i}"))
+    assert bench.main(["--merge", *parts, "--out", str(tmp_path / "all")]) == 0
+    merged = json.loads((tmp_path / "all" / "results.json").read_text())
+    assert [r["task"] for r in merged] == ["rt_words", "format"]
+    assert (tmp_path / "all" / "results.md").read_text().count("| lora |") == 2

@@ -86,19 +86,11 @@ class StepCounter:
 def reft_curve(bench, model, tokenizer, task, *, lr: float, steps, chat_template: bool, seed: int = 0,
                intervention: str = "loreft") -> dict:
     """One LoReFT run through train() (its defaults but lr and the run's length) with checkpoints."""
-    from minireft.hf.model import attach
     from minireft.hf.training import train
 
-    reft = attach(model, bench.reft_config(model, intervention), seed=seed)
-    trained = reft
+    reft, trained = bench.attach_reft(model, task, intervention, seed=seed)
     try:
-        if task.kind == "classify":
-            from minireft.hf.classify import ReftClassifier
-
-            trained = ReftClassifier(reft, 2, seed=seed)
-            score = lambda m: bench.classify_rows(m.predict, tokenizer, task)  # noqa: E731
-        else:
-            score = lambda m: bench.score_rows(reft, tokenizer, task, chat_template=chat_template)  # noqa: E731
+        score = lambda m: bench.reft_hits(reft, trained, tokenizer, task, chat_template=chat_template)  # noqa: E731
         every = math.gcd(*steps)
         with StepCounter() as counter:
             clock = Checkpoints(steps, score)

@@ -298,34 +298,53 @@ def parametrize_r(reft) -> None:
             orthogonal(module, "R")
 
 
-def run_reft(model, tokenizer, task: Task, intervention: str, *, chat_template: bool, seed: int = 0,
-             head_only: bool = False, max_steps: int | None = None, candidate: dict | None = None) -> dict:
-    """Train minireft's default LoReFT / DiReFT (with all of train()'s defaults) and score it."""
+def attach_reft(model, task: Task, intervention: str, *, seed: int = 0, candidate: dict | None = None):
+    """(reft, trained): the defaults' edit (or the candidate's) attached to `model`, and what
+    train() trains, the ReftModel or, for a classification task, a ReftClassifier around it.
+    The caller detaches reft."""
     from minireft.hf.model import attach
-    from minireft.hf.training import train
 
     candidate = candidate or {}
     fields = {k: candidate[k] for k in CONFIG_FIELDS if k in candidate}
     reft = attach(model, reft_config(model, intervention, **fields), seed=seed)
-    if candidate.get("r_update", "riemannian") == "parametrized":
-        parametrize_r(reft)
     try:
-        trained = reft
-        if task.kind == "classify":
-            from minireft.hf.classify import ReftClassifier
+        if candidate.get("r_update", "riemannian") == "parametrized":
+            parametrize_r(reft)
+        if task.kind != "classify":
+            return reft, reft
+        from minireft.hf.classify import ReftClassifier
 
-            trained = ReftClassifier(reft, 2, seed=seed)
-            if head_only:  # the encoder as it is, a linear probe: the edit stays at its init, frozen
-                for p in reft.interventions.parameters():
-                    p.requires_grad_(False)
-                _identity(reft)
+        return reft, ReftClassifier(reft, 2, seed=seed)
+    except BaseException:
+        reft.detach()
+        raise
+
+
+def reft_hits(reft, trained, tokenizer, task: Task, *, chat_template: bool) -> list[bool]:
+    """Whether the edited model gets each held-out row right."""
+    if task.kind == "classify":
+        return classify_rows(trained.predict, tokenizer, task)
+    return score_rows(reft, tokenizer, task, chat_template=chat_template)
+
+
+def run_reft(model, tokenizer, task: Task, intervention: str, *, chat_template: bool, seed: int = 0,
+             head_only: bool = False, max_steps: int | None = None, candidate: dict | None = None) -> dict:
+    """Train minireft's default LoReFT / DiReFT (with all of train()'s defaults) and score it."""
+    from minireft.hf.training import train
+
+    candidate = candidate or {}
+    reft, trained = attach_reft(model, task, intervention, seed=seed, candidate=candidate)
+    try:
+        if head_only:  # the encoder as it is, a linear probe: the edit stays at its init, frozen
+            for p in reft.interventions.parameters():
+                p.requires_grad_(False)
+            _identity(reft)
         start, cpu = time.perf_counter(), time.process_time()
         result = train(trained, tokenizer, task.train, seed=seed, progress=False, max_steps=max_steps,
                        **{k: candidate[k] for k in TRAIN_FIELDS if k in candidate},
                        **({} if task.kind == "classify" else {"chat_template": chat_template}))
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-        hits = classify_rows(trained.predict, tokenizer, task) if task.kind == "classify" else \
-            score_rows(reft, tokenizer, task, chat_template=chat_template)
+        hits = reft_hits(reft, trained, tokenizer, task, chat_template=chat_template)
         params = trained.num_trainable_parameters()
     finally:
         reft.detach()

@@ -3,6 +3,7 @@ generate, token for token, greedy, float32.
 
     .venv-serve/bin/python scripts/serve_check.py                 # SmolLM2 (the packaged model)
     .venv-serve/bin/python scripts/serve_check.py --tiny DIR      # a tiny random Llama saved to DIR
+    .venv-serve/bin/python scripts/serve_check.py --tiny DIR --arch qwen2   # or mistral
 
 Three adapters (LoReFT f7+l7 untied, DiReFT f3+l3 tied, LoReFT l5 on two layers; random
 "paper" inits, so their edits change the completions) and the bare model; 20 prompts of
@@ -61,16 +62,21 @@ def make_adapters(root: Path, hidden: int) -> dict[str, Path]:
     return out
 
 
-def tiny_model(folder: Path):
-    """A random Llama (4 heads of 32, 6 blocks, vocab 512) saved to folder; prompts of random ids."""
+TINY = ("llama", "qwen2", "mistral")  # the architectures the plugin registers
+
+
+def tiny_model(folder: Path, arch: str = "llama"):
+    """A random `arch` model (4 heads of 32, 6 blocks, vocab 512) saved to folder; prompts of random ids."""
     import torch
     import transformers as tf
 
-    config = tf.LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=6,
-                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                            bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config, model = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM), "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+                     "mistral": (tf.MistralConfig, tf.MistralForCausalLM)}[arch]
+    config = config(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=6,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                    bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
     torch.manual_seed(0)
-    tf.LlamaForCausalLM(config).eval().save_pretrained(folder)
+    model(config).eval().save_pretrained(folder)
     rng = np.random.default_rng(0)
     lengths = [1, 2, 3, 4, 5, 6, 7, 9, 11, 13, 14, 15, 17, 20, 24, 29, 35, 42, 50, 60]
     return [rng.integers(3, 512, n).tolist() for n in lengths], 2
@@ -159,7 +165,8 @@ def compare(ref, got, prompts) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", type=Path, metavar="DIR", help="build and use a tiny random Llama in DIR")
+    parser.add_argument("--tiny", type=Path, metavar="DIR", help="build and use a tiny random model in DIR")
+    parser.add_argument("--arch", choices=TINY, default="llama", help="--tiny: its architecture (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the summary here")
     parser.add_argument("--reference", type=Path, metavar="FILE",
                         help="minireft's completions: read from FILE when it exists, else computed and "
@@ -168,7 +175,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if args.tiny:
             args.tiny.mkdir(parents=True, exist_ok=True)
-            prompts, eos = tiny_model(args.tiny)
+            prompts, eos = tiny_model(args.tiny, args.arch)
             folder, hidden = args.tiny, 128
         else:
             folder, prompts, eos = smollm2()

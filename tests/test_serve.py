@@ -24,6 +24,7 @@ from minireft.serve import adapters as served
 from minireft.serve.adapters import ENV, EXTRA_ARG
 from minireft.serve.api import ReftMiddleware, salt
 from minireft.serve.server import check, port_free, vllm_argv
+from minireft.serve.settings import bind_all_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -161,6 +162,18 @@ def test_vllm_generates_what_minireft_generates_on_a_tiny_llama(tmp_path):
     assert kept >= 15, summary
     assert all(v == f"{kept}/{kept}" for v in summary["matches"].values()), summary
     assert len(summary["matches"]) == 8  # alone and mixed, 3 adapters and the bare model
+
+
+def test_a_two_core_machine_gives_vllm_s_model_both_cores_unless_told_otherwise():
+    env: dict = {}
+    bind_all_cores(env, cpus={1, 0})
+    assert env == {"VLLM_CPU_OMP_THREADS_BIND": "0,1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    big: dict = {}
+    bind_all_cores(big, cpus=range(16))  # vLLM's own default: a core for its scheduler
+    assert big == {}
+    mine = {"VLLM_CPU_OMP_THREADS_BIND": "1"}
+    bind_all_cores(mine, cpus={0, 1})
+    assert mine == {"VLLM_CPU_OMP_THREADS_BIND": "1"}
 
 
 def test_the_cache_salt_is_one_vllm_accepts():

@@ -14,16 +14,13 @@ from minireft.serve.adapters import (ARCHITECTURES, ENV, EXTRA_ARG, load_all, mo
                                      to_env)
 from minireft.serve.api import salt
 from minireft.serve.plugin import register
-
-
-# A fixed KV cache: vLLM's CPU default reserves 92% of the machine's memory, and refuses to
-# start when other processes hold more than 8% of it.
-KV_CACHE_BYTES = 2 << 30
+from minireft.serve.settings import KV_CACHE_BYTES, bind_all_cores
 
 
 def load(model, adapters, **llm_kwargs):
     """vllm.LLM on the HF folder `model` with adapters {name: dir} (or ["NAME=DIR"]) loaded;
-    float32, eager, prefix caching on, a 2 GiB KV cache, unless llm_kwargs say otherwise. Refuses bad adapters
+    float32, eager, prefix caching on, a 2 GiB KV cache, unless llm_kwargs say otherwise; on a
+    machine of 2 cores the model gets both (minireft.serve.settings). Refuses bad adapters
     before vLLM starts, naming the file."""
     specs = [f"{n}={d}" for n, d in adapters.items()] if isinstance(adapters, dict) else list(adapters)
     pairs = parse_specs(specs)
@@ -32,6 +29,7 @@ def load(model, adapters, **llm_kwargs):
         raise ValueError(f"architecture {arch} is not one minireft serves ({', '.join(ARCHITECTURES)})")
     load_all(pairs, hidden, depth)
     os.environ[ENV] = to_env(pairs)
+    bind_all_cores()
     register()  # in this process too, in case vLLM loaded its plugins before ENV was set
     from vllm import LLM
 

@@ -14,14 +14,14 @@ import sys
 from pathlib import Path
 
 from minireft.serve.adapters import ARCHITECTURES, ENV, load_all, model_shape, parse_specs, to_env
+from minireft.serve.settings import KV_CACHE_BYTES, bind_all_cores
 
 # Forward hooks and per-pass routing need eager execution; float32 is the dtype the exactness
 # test measures (vLLM's default would follow config.json's torch_dtype).
 VLLM_FLAGS = ("--dtype", "float32", "--enforce-eager", "--enable-prefix-caching",
               "--logits-processors", "minireft.serve.tracker:ReftBatchTracker",
               "--middleware", "minireft.serve.api.ReftMiddleware",
-              # vLLM's CPU default reserves 92% of the machine's memory for the KV cache
-              "--kv-cache-memory-bytes", str(2 << 30))
+              "--kv-cache-memory-bytes", str(KV_CACHE_BYTES))  # minireft.serve.settings says why
 
 
 def check(model, specs, name: str | None = None) -> tuple[str, list[tuple[str, str]]]:
@@ -69,5 +69,6 @@ def run(model, specs, *, host: str = "127.0.0.1", port: int = 8000, name: str | 
         raise ImportError("minireft serve needs vLLM: run scripts/setup_serve.sh and use "
                           ".venv-serve/bin/minireft serve ...") from None
     os.environ[ENV] = to_env(pairs)
+    bind_all_cores()
     argv = [sys.executable, "-m", SERVER_MODULE, *vllm_argv(model, base, pairs, host, port, extra)]
     os.execv(sys.executable, argv)

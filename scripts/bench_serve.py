@@ -6,7 +6,8 @@
   each of --batch-sizes rows a batch, the best the baseline (target: the server >= 3x).
   Time to first token (median, p90) from the streamed responses. Every prompt of a run
   starts with its own tag, "(b0.17) ...", so no request finds another's prompt in vLLM's
-  prefix cache: both sides compute every prompt.
+  prefix cache: both sides compute every prompt. And a roofline: the tokens/s the model's
+  FLOPs per token allow at this machine's matmul rate at decode shapes (decode_bound).
 
     .venv-serve/bin/python scripts/bench_serve.py [--port 8011] [--tokens 64] [--rounds 2]
 
@@ -111,6 +112,28 @@ def minireft_batched(folder, adapters, prompts, names, tokens, batch_size):
     return {"tokens_per_s": count / (time.perf_counter() - start)}
 
 
+def decode_bound(folder, batch: int = 64) -> dict:
+    """A roofline for decode on this machine: the tokens/s that the model's FLOPs per token (2 per
+    weight of the blocks and the output head; attention over contexts this short adds little)
+    allow at the matmul rate of a decode step's shapes, (batch, d) @ (d, d_ff), on this
+    machine's threads. No engine decodes much faster without a faster matmul."""
+    import torch
+
+    config = json.loads((Path(folder) / "config.json").read_text())
+    d, ff, depth, vocab = (config[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size"))
+    kv = d * config.get("num_key_value_heads", config["num_attention_heads"]) // config["num_attention_heads"]
+    per_block = 2 * d * d + 2 * d * kv + 3 * d * ff  # q, o; k, v; gate, up, down
+    flops = 2 * (depth * per_block + d * vocab)
+    a, b = torch.randn(batch, d), torch.randn(d, ff)
+    for _ in range(5):
+        a @ b
+    start, n = time.perf_counter(), 200
+    for _ in range(n):
+        a @ b
+    rate = 2 * batch * d * ff * n / (time.perf_counter() - start)
+    return {"gflop_per_token": flops / 1e9, "matmul_gflop_per_s": rate / 1e9, "tokens_per_s": rate / flops}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8011, help="the server's port (default: %(default)s)")
@@ -131,6 +154,7 @@ def main(argv=None) -> int:
         adapters["lo_f7l7_b"] = adapters["lo_f7l7"]  # a fourth name: same weights, its own cache salt
         names = [list(adapters)[i % ADAPTERS] for i in range(64)]
         # minireft first: vLLM's engine processes may still be winding down after the server exits
+        bound = decode_bound(folder)
         own = {size: minireft_batched(folder, adapters, prompts("m"), names, args.tokens, size)
                for size in args.batch_sizes}
         specs = [a for n, p in adapters.items() for a in ("--adapter", f"{n}={p}")]
@@ -151,7 +175,8 @@ def main(argv=None) -> int:
     result = {"vllm_cpu_env": {k: v for k, v in os.environ.items() if k.startswith("VLLM_CPU")},
               "bare": bare, "four_adapters": mixed, "minireft_generate_by_batch_size": own,
               "adapters_vs_bare": mixed["tokens_per_s"] / bare["tokens_per_s"],
-              "server_vs_minireft_best": mixed["tokens_per_s"] / best["tokens_per_s"]}
+              "server_vs_minireft_best": mixed["tokens_per_s"] / best["tokens_per_s"],
+              "decode_bound": bound, "server_of_bound": mixed["tokens_per_s"] / bound["tokens_per_s"]}
     print(json.dumps(result, indent=1))
     return 0
 

@@ -661,10 +661,15 @@ def main(argv=None) -> int:
     if args.curve:
         return curve_main(args)
     if args.merge:
+        missing = [f for f in args.merge if not (Path(f) / "results.json").is_file()]
+        if missing:
+            raise SystemExit(f"--merge: no results.json in {', '.join(missing)} (folders that a run's --out wrote)")
         rows = [row for folder in args.merge for row in json.loads((Path(folder) / "results.json").read_text())]
         write_report(rows, Path(args.out))
         print(markdown(rows))
         return 0
+    if "lora-time" in args.methods and not {"loreft", "lora"} <= set(args.methods[:args.methods.index("lora-time")]):
+        raise SystemExit("--methods: lora-time prices LoRA's step by the loreft and lora rows; put both before it")
     candidate = candidate_of(args)
     size = SIZES["quick" if args.quick else "default"]
     import torch

@@ -310,3 +310,13 @@ def test_runs_made_in_parts_merge_into_one_report(bench, tmp_path):
     merged = json.loads((tmp_path / "all" / "results.json").read_text())
     assert [r["task"] for r in merged] == ["rt_words", "format"]
     assert (tmp_path / "all" / "results.md").read_text().count("| lora |") == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--merge", "no_such_folder"], "no results.json in no_such_folder"),
+    (["--methods", "loreft", "lora-time", "lora"], "put both before it"),
+])
+def test_bad_arguments_stop_before_any_model_loads(bench, argv, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=message):
+        bench.main(argv)

@@ -471,11 +471,19 @@ def equal_time_steps(loreft: dict, lora: dict) -> int:
     return max(1, round(loreft["cpu_seconds"] * lora["steps"] / lora["cpu_seconds"]))
 
 
+def check_methods(methods) -> None:
+    """Raise ValueError unless "lora-time" (if asked for) comes after "loreft" and "lora", whose
+    rows price its steps."""
+    if "lora-time" in methods and not {"loreft", "lora"} <= set(methods[:list(methods).index("lora-time")]):
+        raise ValueError("method 'lora-time' prices LoRA's step by the task's 'loreft' and 'lora' rows: "
+                         "put both before it in --methods")
+
+
 def run_method(method: str, model, tokenizer, task: Task, *, chat_template: bool,
                max_steps: int | None = None, candidate: dict | None = None, earlier: dict | None = None) -> dict:
     """{"params", "accuracy", "seconds" (training), "steps"} of one method on one task.
 
-    earlier: this task's rows so far by method ("lora-time" needs "loreft" and "lora")."""
+    earlier: this task's rows so far by method ("lora-time" needs "loreft" and "lora": check_methods)."""
     if method == "zero-shot":
         if task.kind == "classify":
             return run_reft(model, tokenizer, task, "loreft", chat_template=False, head_only=True,
@@ -490,10 +498,6 @@ def run_method(method: str, model, tokenizer, task: Task, *, chat_template: bool
     if method == "lora":
         return run_lora(model, tokenizer, task, chat_template=chat_template, max_steps=max_steps)
     if method == "lora-time":
-        earlier = earlier or {}
-        if not {"loreft", "lora"} <= set(earlier):
-            raise ValueError("method 'lora-time' prices LoRA's step by the task's 'loreft' and 'lora' rows: "
-                             "put both before it in --methods")
         return run_lora(model, tokenizer, task, chat_template=chat_template,
                         steps=equal_time_steps(earlier["loreft"], earlier["lora"]))
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
@@ -582,6 +586,7 @@ def run(tasks, methods, *, lm, encoder, n_train: int, n_test: int, out: Path | N
     steps (None: the defaults'). With `out`, the report is rewritten after every row, so a run
     that stops keeps the rows it finished. `candidate` (CONFIG_FIELDS, TRAIN_FIELDS, "seed")
     replaces ReFT's defaults; its rows record it."""
+    check_methods(methods)
     rows = []
     for name in tasks:
         task = load_task(name, n_train, n_test, split=split)
@@ -668,8 +673,10 @@ def main(argv=None) -> int:
         write_report(rows, Path(args.out))
         print(markdown(rows))
         return 0
-    if "lora-time" in args.methods and not {"loreft", "lora"} <= set(args.methods[:args.methods.index("lora-time")]):
-        raise SystemExit("--methods: lora-time prices LoRA's step by the loreft and lora rows; put both before it")
+    try:
+        check_methods(args.methods)
+    except ValueError as exc:
+        raise SystemExit(f"--methods: {exc}") from None
     candidate = candidate_of(args)
     size = SIZES["quick" if args.quick else "default"]
     import torch

@@ -289,7 +289,7 @@ def test_lora_at_equal_time_gets_the_steps_loreft_s_cpu_seconds_buy(bench):
     assert bench.equal_time_steps({"cpu_seconds": 100.0}, {"cpu_seconds": 160.0, "steps": 64}) == 40
     assert bench.equal_time_steps({"cpu_seconds": 0.01}, {"cpu_seconds": 160.0, "steps": 64}) == 1
     with pytest.raises(ValueError, match="put both before it in --methods"):
-        bench.run_method("lora-time", None, None, None, chat_template=False, earlier={"loreft": {}})
+        bench.run(("rt_words",), ("loreft", "lora-time"), lm=None, encoder=None, n_train=1, n_test=1, out=None)
     hits = {"loreft": [True, True, True, False], "lora": [True, True, True, True],
             "lora-time": [True, False, True, False]}
     rows = [{"task": "rt_words", "method": m, "params": 1, "accuracy": sum(h) / 4, "hits": h, "n_test": 4,
